@@ -1,0 +1,166 @@
+"""Command line: ``cytogen <verb> ...``. Parses arguments and calls workflows, nothing more.
+
+User mistakes (:class:`~cytogen.errors.CytogenError`) are printed as one line without a
+traceback and the process exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from cytogen import __version__
+from cytogen.errors import CytogenError
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.replace("x", ",").split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 256 or 256,256, got {text!r}") from None
+
+
+def _cmd_demo(a: argparse.Namespace) -> None:
+    from cytogen.workflows.demo import demo
+
+    m = demo(a.out, n_fields=a.n_fields, size=a.size, seed=a.seed, max_steps=a.max_steps,
+             max_minutes=a.max_minutes, overrides=a.set)
+    print(json.dumps({k: m[k] for k in ("median_pearson_r", "passes_bar", "n_test_fields", "seconds")}))
+
+
+def _cmd_synth_cells(a: argparse.Namespace) -> None:
+    from cytogen.synth.cells import write_synthetic_dataset
+
+    shape = (a.z, a.size, a.size) if a.three_d else (a.size, a.size)
+    path = write_synthetic_dataset(a.out, n_fields=a.n_fields, shape=shape, organelles=a.organelles,
+                                   seed=a.seed, progress=True)
+    print(path)
+
+
+def _cmd_manifest(a: argparse.Namespace) -> None:
+    from cytogen.data.manifest import build_manifest, read_manifest
+
+    path = build_manifest(a.root, a.source, a.target, a.out, mask=a.mask, test_match=a.test_match,
+                          val_fraction=a.val_fraction, test_fraction=a.test_fraction, seed=a.seed,
+                          pixel_size_um=a.pixel_size_um, group_regex=a.group_regex)
+    entries = read_manifest(path)
+    counts = {s: sum(e.split == s for e in entries) for s in ("train", "val", "test")}
+    print(f"{path}: {len(entries)} fields {counts}")
+
+
+def _cmd_train(a: argparse.Namespace) -> None:
+    from cytogen.workflows.train import train
+
+    s = train(a.recipe, a.data, a.out, overrides=a.set, max_steps=a.max_steps, resume=a.resume)
+    print(json.dumps(s))
+
+
+def _cmd_predict(a: argparse.Namespace) -> None:
+    from cytogen.workflows.predict import predict
+
+    written = predict(a.model, a.out, files=a.files or None, data=a.data, split=a.split,
+                      tile=a.tile, overlap=a.overlap, batch_size=a.batch_size, blend=a.blend)
+    print(f"wrote {len(written)} prediction(s) to {a.out}")
+
+
+def _cmd_eval_pixels(a: argparse.Namespace) -> None:
+    from cytogen.workflows.evaluate import evaluate_pixels
+
+    r = evaluate_pixels(a.pred, a.truth, a.out, split=a.split, normalize=a.normalize)
+    print(json.dumps({"n_fields": r["n_fields"],
+                      **{k: v.get("median") for k, v in r["metrics"].items()}}))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used to document the CLI)."""
+    p = argparse.ArgumentParser(prog="cytogen", description="Deep generative models of microscopy cell images.")
+    p.add_argument("--version", action="version", version=f"cytogen {__version__}")
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    d = sub.add_parser("demo", help="synthesise cells, train actin->nucleus, predict, evaluate, report")
+    d.add_argument("--out", required=True, help="new folder for data, run, predictions and report.html")
+    d.add_argument("--n-fields", type=int, default=24)
+    d.add_argument("--size", type=int, default=256)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--max-steps", type=int, default=None)
+    d.add_argument("--max-minutes", type=float, default=None, help="training time budget")
+    d.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe key")
+    d.set_defaults(func=_cmd_demo)
+
+    s = sub.add_parser("synthesize", help="make synthetic data")
+    ssub = s.add_subparsers(dest="what", required=True)
+    c = ssub.add_parser("cells", help="fields of cells with exact masks and a manifest")
+    c.add_argument("--out", required=True)
+    c.add_argument("--n-fields", type=int, default=24)
+    c.add_argument("--size", type=int, default=256, help="field size in pixels (Y = X)")
+    c.add_argument("--3d", dest="three_d", action="store_true", help="3D fields")
+    c.add_argument("--z", type=int, default=32, help="number of z planes for --3d")
+    c.add_argument("--organelles", action="store_true", help="add an organelles channel and masks")
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(func=_cmd_synth_cells)
+
+    m = sub.add_parser("manifest", help="pair image files into a manifest CSV")
+    m.add_argument("root", help="folder the patterns are relative to")
+    m.add_argument("--source", required=True, help="glob, e.g. 'Channel1-*.tif' (';' joins several)")
+    m.add_argument("--target", required=True, help="glob, e.g. 'Channel2-*.tif'")
+    m.add_argument("--mask", default=None, help="glob of mask images")
+    m.add_argument("--out", required=True, help="manifest CSV to write")
+    m.add_argument("--test-match", default=None, help="regex: matching field names go to test")
+    m.add_argument("--val-fraction", type=float, default=0.15)
+    m.add_argument("--test-fraction", type=float, default=0.15)
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--pixel-size-um", type=float, default=None)
+    m.add_argument("--group-regex", default=None, help="regex whose first group is a field's group")
+    m.set_defaults(func=_cmd_manifest)
+
+    t = sub.add_parser("train", help="train a model from a recipe")
+    t.add_argument("recipe", help="YAML recipe, e.g. configs/translate_unet2d.yaml")
+    t.add_argument("--data", required=True, help="manifest CSV")
+    t.add_argument("--out", required=True, help="run folder")
+    t.add_argument("--max-steps", type=int, default=None)
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe key")
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    t.set_defaults(func=_cmd_train)
+
+    pr = sub.add_parser("predict", help="predict target channels for images of any size")
+    pr.add_argument("model", help="model folder (RUN/model)")
+    pr.add_argument("files", nargs="*", help="image files (path#c=K picks a channel)")
+    pr.add_argument("--data", default=None, help="manifest CSV instead of FILES")
+    pr.add_argument("--split", default=None, help="manifest split to predict (default: test if any)")
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--tile", type=_ints, default=None, help="tile size, e.g. 256 or 256,256")
+    pr.add_argument("--overlap", type=float, default=0.25)
+    pr.add_argument("--batch-size", type=int, default=4)
+    pr.add_argument("--blend", choices=("gaussian", "linear", "constant"), default="gaussian")
+    pr.set_defaults(func=_cmd_predict)
+
+    e = sub.add_parser("evaluate", help="score predictions")
+    esub = e.add_subparsers(dest="what", required=True)
+    ep = esub.add_parser("pixels", help="L1, MSE, SSIM, PSNR, Pearson r per field")
+    ep.add_argument("--pred", required=True, help="folder of <name>.tif predictions")
+    ep.add_argument("--truth", required=True, help="manifest CSV whose targets are the truth")
+    ep.add_argument("--out", required=True)
+    ep.add_argument("--split", default=None)
+    ep.add_argument("--normalize", choices=("percentile", "none"), default="percentile")
+    ep.set_defaults(func=_cmd_eval_pixels)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except CytogenError as exc:
+        print(f"cytogen: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cytogen: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

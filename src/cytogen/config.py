@@ -1,0 +1,287 @@
+"""Training recipes: shallow YAML files validated against typed dataclasses.
+
+A recipe has five sections (``model``, ``data``, ``loss``, ``optim``, ``train``) and an
+optional ``predict`` section. Every key is checked on load: an unknown key or a value of the
+wrong type raises :class:`~cytogen.errors.CytogenError` naming the recipe, the key and the
+accepted keys. YAML is read with ``yaml.safe_load`` only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cytogen.errors import CytogenError
+
+
+@dataclass
+class ModelConfig:
+    """Generator architecture: a registry name plus its keyword arguments."""
+
+    name: str = "unet"
+    dims: int = 2
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    """How fields become training patches."""
+
+    patch_size: list[int] = field(default_factory=lambda: [128, 128])
+    batch_size: int = 8
+    patches_per_epoch: int = 256
+    val_patches: int = 64
+    normalize: str = "percentile"
+    normalize_scope: str = "field"
+    percentiles: list[float] = field(default_factory=lambda: [1.0, 99.8])
+    augment: bool = True
+    foreground_bias: float = 0.5
+    num_workers: int = 0
+
+
+@dataclass
+class LossConfig:
+    """Reconstruction loss: ``l1``, ``mse`` or ``masked_l1`` (weight ``alpha`` on mask pixels)."""
+
+    name: str = "l1"
+    alpha: float = 10.0
+    mask: str = "auto"
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and learning-rate schedule."""
+
+    name: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    scheduler: str = "cosine"
+    warmup_steps: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """Loop length, validation cadence, seed and hardware."""
+
+    max_steps: int = 2000
+    max_time_min: float | None = None
+    val_every: int = 100
+    seed: int = 0
+    precision: str = "32"
+    accelerator: str = "auto"
+    devices: int | str = 1
+    log_every: int = 10
+
+
+@dataclass
+class PredictConfig:
+    """Defaults for tiled prediction with the trained model."""
+
+    tile: list[int] | None = None
+    overlap: float = 0.25
+    batch_size: int = 4
+    blend: str = "gaussian"
+
+
+@dataclass
+class Recipe:
+    """A whole training recipe."""
+
+    task: str = "translate"
+    description: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (YAML/JSON serialisable)."""
+        return asdict(self)
+
+
+_CHOICES = {
+    ("task",): {"translate"},
+    ("data", "normalize"): {"percentile", "zscore", "none"},
+    ("data", "normalize_scope"): {"field", "dataset"},
+    ("loss", "name"): {"l1", "mse", "masked_l1"},
+    ("loss", "mask"): {"auto", "manifest"},
+    ("optim", "name"): {"adam", "adamw"},
+    ("optim", "scheduler"): {"cosine", "none"},
+    ("predict", "blend"): {"gaussian", "linear", "constant"},
+}
+
+
+def _check_type(value: Any, tp: Any, where: str, source: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        errors = []
+        for arg in typing.get_args(tp):
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(value, arg, where, source)
+            except CytogenError as exc:
+                errors.append(str(exc))
+        raise CytogenError(errors[0] if errors else f"{source}: bad value for '{where}'")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise CytogenError(
+                f"{source}: '{where}' must be a list, got {value!r}; write it as [a, b, ...]"
+            )
+        return [_check_type(v, item_tp, f"{where}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise CytogenError(f"{source}: '{where}' must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise CytogenError(f"{source}: '{where}' must be a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise CytogenError(f"{source}: '{where}' must be an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise CytogenError(f"{source}: '{where}' must be true or false, got {value!r}")
+        return value
+    if tp is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        if not isinstance(value, str):
+            raise CytogenError(f"{source}: '{where}' must be a string, got {value!r}")
+        return value
+    raise CytogenError(f"{source}: unsupported type for '{where}'")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str, source: str) -> Any:
+    if not isinstance(data, dict):
+        raise CytogenError(f"{source}: section '{prefix or 'top level'}' must be a mapping")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        where = f"section '{prefix}'" if prefix else "the top level"
+        raise CytogenError(
+            f"{source}: unknown key(s) {unknown} in {where}; accepted keys: {sorted(known)}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        where = f"{prefix}.{name}" if prefix else name
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value or {}, where, source)
+        else:
+            kwargs[name] = _check_type(value, tp, where, source)
+            choices = _CHOICES.get(tuple(where.split(".")))
+            if choices is not None and kwargs[name] not in choices:
+                raise CytogenError(
+                    f"{source}: '{where}' is {kwargs[name]!r}; choose one of {sorted(choices)}"
+                )
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise CytogenError(f"--set {key}: '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """Turn ``["train.max_steps=50", "model.kwargs.depth=3"]`` into a nested dict.
+
+    Values are parsed as YAML scalars/lists (``50`` -> int, ``[64,64]`` -> list).
+    """
+    tree: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise CytogenError(f"--set {item!r}: expected key=value, e.g. train.max_steps=500")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise CytogenError(f"--set {item!r}: value is not valid YAML ({exc})") from exc
+        _set_dotted(tree, key.strip(), value)
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
+    """Validate a nested dict and build a :class:`Recipe`."""
+    recipe = _build(Recipe, data or {}, "", source)
+    if len(recipe.data.patch_size) != recipe.model.dims:
+        raise CytogenError(
+            f"{source}: data.patch_size {recipe.data.patch_size} has {len(recipe.data.patch_size)} "
+            f"axes but model.dims is {recipe.model.dims}; give one size per spatial axis"
+        )
+    if recipe.model.dims not in (2, 3):
+        raise CytogenError(f"{source}: model.dims must be 2 or 3, got {recipe.model.dims}")
+    if len(recipe.data.percentiles) != 2 or not (
+        0 <= recipe.data.percentiles[0] < recipe.data.percentiles[1] <= 100
+    ):
+        raise CytogenError(f"{source}: data.percentiles must be [low, high] with 0 <= low < high <= 100")
+    if not 0.0 <= recipe.data.foreground_bias <= 1.0:
+        raise CytogenError(f"{source}: data.foreground_bias must be in [0, 1]")
+    for key in ("batch_size", "patches_per_epoch", "val_patches"):
+        if getattr(recipe.data, key) < 1:
+            raise CytogenError(f"{source}: data.{key} must be >= 1")
+    if recipe.train.max_steps < 1:
+        raise CytogenError(f"{source}: train.max_steps must be >= 1")
+    return recipe
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
+    """Read a recipe YAML (or the defaults when ``path`` is None) and apply ``--set`` overrides."""
+    data: dict[str, Any] = {}
+    source = "recipe"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise CytogenError(
+                f"{path}: recipe file not found; pass a YAML file such as configs/translate_unet2d.yaml"
+            )
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise CytogenError(f"{path}: not valid YAML ({exc}); fix the syntax") from exc
+        if not isinstance(data, dict):
+            raise CytogenError(f"{path}: a recipe must be a YAML mapping of sections")
+    data = _merge(data, parse_overrides(overrides))
+    return recipe_from_dict(data, source)
+
+
+def bundled_recipe(name: str) -> Path:
+    """Path of a recipe shipped with the package (``cytogen/configs/<name>.yaml``)."""
+    path = Path(__file__).parent / "configs" / f"{name}.yaml"
+    if not path.is_file():
+        available = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise CytogenError(f"no bundled recipe named {name!r}; available: {available}")
+    return path

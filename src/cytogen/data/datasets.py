@@ -1,0 +1,165 @@
+"""Paired fields in memory and random-patch datasets over them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy import ndimage
+from skimage.filters import threshold_otsu
+from torch.utils.data import Dataset
+
+from cytogen.data.augment import random_dihedral
+from cytogen.data.manifest import FieldEntry
+from cytogen.data.normalize import Normalizer
+from cytogen.data.patches import crop, foreground_coords, pad_to_min, sample_corner
+from cytogen.errors import CytogenError
+from cytogen.io.images import Image, read_spec, stack_channels
+
+
+@dataclass
+class RawField:
+    """Images of one manifest row as read from disk (not normalised)."""
+
+    name: str
+    source: Image
+    target: Image | None
+    mask: np.ndarray | None  # spatial bool array
+    split: str = "train"
+
+
+@dataclass
+class Field:
+    """A normalised field ready for patch sampling."""
+
+    name: str
+    source: np.ndarray
+    target: np.ndarray | None
+    mask: np.ndarray | None  # (1, ...) float32 in {0, 1}
+    fg_index: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+
+def _read_stack(specs: list[str], what: str, name: str) -> Image:
+    images = [read_spec(s) for s in specs]
+    try:
+        return stack_channels(images)
+    except CytogenError as exc:
+        raise CytogenError(f"field {name!r}, {what}: {exc}") from exc
+
+
+def read_field(entry: FieldEntry, *, require_target: bool = True) -> RawField:
+    """Read the source, target and mask images of a manifest row and check they agree."""
+    src = _read_stack(entry.source, "source", entry.name)
+    tgt = None
+    if entry.target:
+        tgt = _read_stack(entry.target, "target", entry.name)
+    elif require_target:
+        raise CytogenError(f"field {entry.name!r} has no target; add a 'target' column entry")
+    if entry.pixel_size_um is not None:
+        ps = (entry.pixel_size_um,) * 2
+        if src.ndim_spatial == 3:
+            z = src.pixel_size_um[0] if src.pixel_size_um else entry.pixel_size_um
+            ps = (z,) + ps
+        src.pixel_size_um = ps
+        if tgt is not None:
+            tgt.pixel_size_um = ps
+    if tgt is not None and tgt.spatial_shape != src.spatial_shape:
+        raise CytogenError(
+            f"field {entry.name!r}: source {entry.source[0]} is {src.spatial_shape} but target "
+            f"{entry.target[0]} is {tgt.spatial_shape}; source and target must be the same size"
+        )
+    mask = None
+    if entry.mask:
+        m = read_spec(entry.mask)
+        if m.spatial_shape != src.spatial_shape:
+            raise CytogenError(
+                f"field {entry.name!r}: mask {entry.mask} is {m.spatial_shape}, source is "
+                f"{src.spatial_shape}; the mask must cover the same pixels"
+            )
+        mask = np.any(m.data > 0, axis=0)
+    for what, img in (("source", src), ("target", tgt)):
+        if img is not None and not np.all(np.isfinite(img.data)):
+            raise CytogenError(
+                f"field {entry.name!r}: {what} contains NaN/Inf pixels; replace them before training"
+            )
+    return RawField(entry.name, src, tgt, mask, entry.split)
+
+
+def otsu_mask(target: np.ndarray, sigma: float = 1.0) -> np.ndarray:
+    """Foreground of a (normalised) target ``(C, ...)``: Otsu threshold of the smoothed max-projection over channels."""
+    img = ndimage.gaussian_filter(target.max(axis=0).astype(np.float32), sigma)
+    if float(img.max()) <= float(img.min()):
+        return np.zeros(img.shape, dtype=bool)
+    return img > threshold_otsu(img)
+
+
+def prepare_fields(raw: list[RawField], src_norm: Normalizer, tgt_norm: Normalizer,
+                   patch_size: tuple[int, ...], *, mask_mode: str = "auto") -> list[Field]:
+    """Normalise raw fields, derive masks and foreground indices, pad to the patch size."""
+    out = []
+    for rf in raw:
+        src = src_norm.normalize(rf.source.data)
+        tgt = tgt_norm.normalize(rf.target.data) if rf.target is not None else None
+        if rf.mask is not None:
+            mask = rf.mask
+        elif mask_mode == "manifest":
+            raise CytogenError(
+                f"field {rf.name!r} has no mask but loss.mask is 'manifest'; add a 'mask' column "
+                "or set loss.mask=auto (Otsu threshold of the target)"
+            )
+        else:
+            mask = otsu_mask(tgt) if tgt is not None else None
+        mask_arr = mask[None].astype(np.float32) if mask is not None else None
+        src = pad_to_min(src, patch_size)
+        if tgt is not None:
+            tgt = pad_to_min(tgt, patch_size)
+        if mask_arr is not None:
+            mask_arr = pad_to_min(mask_arr, patch_size)
+        fg = foreground_coords(mask_arr[0] > 0) if mask_arr is not None else np.zeros(0, np.int64)
+        out.append(Field(rf.name, src, tgt, mask_arr, fg))
+    return out
+
+
+class RandomPatches(Dataset):
+    """Random (optionally foreground-biased, augmented) patches from in-memory fields.
+
+    Deterministic: item ``i`` of epoch ``e`` depends only on ``(seed, e, i)``, so a resumed run
+    sees the same patches as an uninterrupted one, whatever the number of workers.
+    """
+
+    def __init__(self, fields: list[Field], patch_size: tuple[int, ...], length: int, *,
+                 augment: bool = True, fg_bias: float = 0.0, seed: int = 0) -> None:
+        if not fields:
+            raise CytogenError("no fields to sample patches from; check the manifest splits")
+        self.fields = fields
+        self.patch = tuple(int(p) for p in patch_size)
+        self.length = int(length)
+        self.augment = augment
+        self.fg_bias = float(fg_bias)
+        self.seed = int(seed)
+        self.epoch = 0
+        sizes = np.array([np.prod(f.source.shape[1:]) for f in fields], dtype=np.float64)
+        self.weights = sizes / sizes.sum()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the random stream (called at the start of each training epoch)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.epoch, int(i)])
+        f = self.fields[int(rng.choice(len(self.fields), p=self.weights))]
+        spatial = f.source.shape[1:]
+        corner = sample_corner(rng, spatial, self.patch, f.fg_index, self.fg_bias)
+        arrays = {"source": crop(f.source, corner, self.patch)}
+        if f.target is not None:
+            arrays["target"] = crop(f.target, corner, self.patch)
+        if f.mask is not None:
+            arrays["mask"] = crop(f.mask, corner, self.patch)
+        if self.augment:
+            t = random_dihedral(rng, len(self.patch), square=self.patch[-1] == self.patch[-2])
+            arrays = {k: t.apply(v) for k, v in arrays.items()}
+        return {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in arrays.items()}

@@ -1,0 +1,5 @@
+"""Lightning tasks."""
+
+from cytogen.tasks.translate import TranslateTask
+
+__all__ = ["TranslateTask"]

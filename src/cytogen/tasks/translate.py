@@ -1,0 +1,87 @@
+"""Lightning task for regression translation (source channels -> target channels)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+
+from cytogen.losses import get_loss
+from cytogen.models import build_model
+
+
+def pearson_per_sample(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of each sample in a batch (all channels and pixels pooled)."""
+    p = pred.flatten(1).float()
+    t = target.flatten(1).float()
+    p = p - p.mean(dim=1, keepdim=True)
+    t = t - t.mean(dim=1, keepdim=True)
+    denom = (p.norm(dim=1) * t.norm(dim=1)).clamp_min(1e-12)
+    return (p * t).sum(dim=1) / denom
+
+
+class TranslateTask(L.LightningModule):
+    """Train a generator to regress the target from the source.
+
+    Parameters
+    ----------
+    model
+        ``{"name": ..., "dims": 2|3, "in_channels": ..., "out_channels": ..., "kwargs": {...}}``.
+    loss
+        ``{"name": "l1"|"mse"|"masked_l1", "alpha": float}``.
+    optim
+        ``{"name": "adam"|"adamw", "lr", "weight_decay", "betas", "scheduler", "warmup_steps"}``.
+    max_steps
+        Length of the run, for the cosine schedule.
+    """
+
+    def __init__(self, model: dict[str, Any], loss: dict[str, Any], optim: dict[str, Any],
+                 max_steps: int = 1000) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = build_model(model["name"], in_channels=model["in_channels"],
+                               out_channels=model["out_channels"], dims=model["dims"],
+                               **model.get("kwargs", {}))
+        self.loss_fn = get_loss(loss["name"], loss.get("alpha", 10.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        pred = self.net(batch["source"])
+        loss = self.loss_fn(pred, batch["target"], batch.get("mask"))
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False,
+                 batch_size=pred.shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        pred = self.net(batch["source"])
+        n = pred.shape[0]
+        self.log("val_loss", self.loss_fn(pred, batch["target"], batch.get("mask")),
+                 prog_bar=True, batch_size=n)
+        self.log("val_l1", (pred - batch["target"]).abs().mean(), batch_size=n)
+        self.log("val_pearson", pearson_per_sample(pred, batch["target"]).mean(), batch_size=n)
+
+    def configure_optimizers(self) -> Any:
+        cfg = self.hparams.optim
+        cls = torch.optim.AdamW if cfg.get("name", "adamw") == "adamw" else torch.optim.Adam
+        opt = cls(self.parameters(), lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0),
+                  betas=tuple(cfg.get("betas", (0.9, 0.999))))
+        if cfg.get("scheduler", "none") == "none" and not cfg.get("warmup_steps"):
+            return opt
+        total = max(1, int(self.hparams.max_steps))
+        warm = int(cfg.get("warmup_steps", 0))
+        cosine = cfg.get("scheduler", "none") == "cosine"
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            if not cosine:
+                return 1.0
+            t = min(1.0, (step - warm) / max(1, total - warm))
+            return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * t))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,1 @@
+"""cytogen.workflows"""

@@ -1,0 +1,205 @@
+"""``cytogen train``: recipe + manifest -> run folder with checkpoints, logs and a model folder."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch.utils.data import DataLoader
+
+from cytogen.config import Recipe, load_recipe
+from cytogen.data.datasets import RandomPatches, prepare_fields, read_field
+from cytogen.data.manifest import read_manifest
+from cytogen.data.normalize import Normalizer
+from cytogen.errors import CytogenError
+from cytogen.predict.model_folder import save_model_folder
+from cytogen.tasks import TranslateTask
+
+
+class _EpochSetter(Callback):
+    """Give the patch dataset the epoch number so its random stream is reproducible."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        ds = trainer.train_dataloader.dataset
+        if hasattr(ds, "set_epoch"):
+            ds.set_epoch(trainer.current_epoch)
+
+
+def channel_names(img_names: list[str] | None, specs: list[str], n: int) -> list[str]:
+    """Channel names from the image metadata, else from the file names."""
+    if img_names and len(img_names) == n and all(img_names):
+        return list(img_names)
+    stems = [Path(s.partition("#")[0]).name.split(".")[0] + (("#" + s.partition("#")[2]) if "#" in s else "")
+             for s in specs]
+    return stems if len(stems) == n else [f"ch{i}" for i in range(n)]
+
+
+def _load_split(entries: list, split: str) -> list:
+    return [read_field(e) for e in entries if e.split == split]
+
+
+def _check_consistent(raw: list, dims: int, manifest: Path) -> tuple[int, int]:
+    c_in, c_out = raw[0].source.data.shape[0], raw[0].target.data.shape[0]
+    for rf in raw:
+        if rf.source.ndim_spatial != dims:
+            raise CytogenError(
+                f"{manifest}: field {rf.name!r} is {rf.source.ndim_spatial}D but the recipe's "
+                f"model.dims is {dims}; use a {rf.source.ndim_spatial}D recipe"
+            )
+        if rf.source.data.shape[0] != c_in or rf.target.data.shape[0] != c_out:
+            raise CytogenError(
+                f"{manifest}: field {rf.name!r} has {rf.source.data.shape[0]} source / "
+                f"{rf.target.data.shape[0]} target channels, the first field {c_in}/{c_out}; "
+                "every field needs the same channels"
+            )
+    return c_in, c_out
+
+
+def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path, *,
+          overrides: list[str] | None = None, max_steps: int | None = None,
+          resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train a translation model and export ``OUT/model``.
+
+    Parameters
+    ----------
+    recipe
+        A :class:`~cytogen.config.Recipe`, a YAML path, or None for the defaults.
+    data
+        Manifest CSV with ``train`` (and ideally ``val``) fields.
+    out
+        Run folder (created). With ``resume=True`` an interrupted run continues from
+        ``OUT/checkpoints/last.ckpt``.
+
+    Returns
+    -------
+    dict
+        Summary written to ``OUT/train_summary.json``.
+    """
+    rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
+    if max_steps is not None:
+        rec.train.max_steps = int(max_steps)
+    out, data = Path(out), Path(data)
+    ckpt_dir = out / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    if resume and not last.is_file():
+        raise CytogenError(f"{out}: nothing to resume (no checkpoints/last.ckpt); start without --resume")
+    if not resume and ckpt_dir.exists() and any(ckpt_dir.iterdir()):
+        raise CytogenError(f"{out}: run folder already has checkpoints; pass --resume or choose a new --out")
+    if out.resolve() == data.parent.resolve():
+        raise CytogenError(f"{out}: run folder is the manifest's folder; choose a separate --out")
+
+    entries = read_manifest(data)
+    train_raw = _load_split(entries, "train")
+    if not train_raw:
+        raise CytogenError(f"{data}: no rows with split=train; mark some fields for training")
+    val_raw = _load_split(entries, "val")
+    if not val_raw:
+        print(f"note: {data} has no split=val rows; validating on training fields", file=sys.stderr)
+        val_raw = train_raw
+    dims = rec.model.dims
+    c_in, c_out = _check_consistent(train_raw + val_raw, dims, data)
+    patch = tuple(rec.data.patch_size)
+
+    src_norm = Normalizer(rec.data.normalize, tuple(rec.data.percentiles), rec.data.normalize_scope)
+    tgt_norm = Normalizer(rec.data.normalize, tuple(rec.data.percentiles), rec.data.normalize_scope)
+    src_norm.fit([rf.source.data for rf in train_raw])
+    tgt_norm.fit([rf.target.data for rf in train_raw])
+    mask_mode = rec.loss.mask
+    train_fields = prepare_fields(train_raw, src_norm, tgt_norm, patch, mask_mode=mask_mode)
+    val_fields = prepare_fields(val_raw, src_norm, tgt_norm, patch, mask_mode=mask_mode)
+
+    L.seed_everything(rec.train.seed, workers=True, verbose=False)
+    train_ds = RandomPatches(train_fields, patch, rec.data.patches_per_epoch, augment=rec.data.augment,
+                             fg_bias=rec.data.foreground_bias, seed=rec.train.seed)
+    val_ds = RandomPatches(val_fields, patch, rec.data.val_patches, augment=False,
+                           fg_bias=rec.data.foreground_bias, seed=rec.train.seed + 10_000)
+    loader_kw = dict(batch_size=rec.data.batch_size, num_workers=rec.data.num_workers,
+                     persistent_workers=rec.data.num_workers > 0)
+    train_dl = DataLoader(train_ds, shuffle=False, drop_last=True, **loader_kw)
+    val_dl = DataLoader(val_ds, shuffle=False, **loader_kw)
+    if len(train_dl) == 0:
+        raise CytogenError("data.patches_per_epoch is smaller than data.batch_size; raise it")
+
+    arch = {"name": rec.model.name, "dims": dims, "in_channels": c_in, "out_channels": c_out,
+            "kwargs": dict(rec.model.kwargs)}
+    task = TranslateTask(arch, {"name": rec.loss.name, "alpha": rec.loss.alpha},
+                         {"name": rec.optim.name, "lr": rec.optim.lr, "weight_decay": rec.optim.weight_decay,
+                          "betas": rec.optim.betas, "scheduler": rec.optim.scheduler,
+                          "warmup_steps": rec.optim.warmup_steps}, max_steps=rec.train.max_steps)
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "recipe.yaml").write_text(yaml.safe_dump(rec.to_dict(), sort_keys=False))
+    ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_loss", mode="min",
+                           save_top_k=1, save_last=True)
+    callbacks: list[Callback] = [ckpt, _EpochSetter()]
+    if progress:
+        callbacks.append(TQDMProgressBar(refresh_rate=5))
+    trainer = L.Trainer(
+        default_root_dir=out, max_steps=rec.train.max_steps,
+        max_time={"minutes": rec.train.max_time_min} if rec.train.max_time_min else None,
+        val_check_interval=min(rec.train.val_every, rec.train.max_steps), check_val_every_n_epoch=None,
+        accelerator=rec.train.accelerator, devices=rec.train.devices, precision=rec.train.precision,
+        logger=[CSVLogger(out, name="logs", version="csv"),
+                TensorBoardLogger(out, name="logs", version="tensorboard")],
+        callbacks=callbacks, enable_progress_bar=progress, enable_model_summary=False,
+        log_every_n_steps=rec.train.log_every, num_sanity_val_steps=0, deterministic=False,
+    )
+    t0 = time.perf_counter()
+    trainer.fit(task, train_dl, val_dl, ckpt_path=str(last) if resume else None)
+    train_s = time.perf_counter() - t0
+    # Validate at the very end too, so "best" considers the final weights.
+    best_path = ckpt.best_model_path or str(last)
+    state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
+    task.load_state_dict(state)
+    net = task.net.float().eval()
+
+    px = next((list(rf.source.pixel_size_um) for rf in train_raw if rf.source.pixel_size_um), None)
+    rf0 = train_raw[0]
+    save_model_folder(
+        out / "model", net, architecture=arch, source_norm=src_norm, target_norm=tgt_norm,
+        source_channels=channel_names(rf0.source.channel_names, entries[0].source, c_in),
+        target_channels=channel_names(rf0.target.channel_names, entries[0].target, c_out),
+        pixel_size_um=px, patch_size=list(patch), recipe=rec.to_dict(),
+        extra={"best_val_loss": float(ckpt.best_model_score) if ckpt.best_model_score is not None else None},
+    )
+    summary = {
+        "run": str(out), "steps": int(trainer.global_step), "train_seconds": round(train_s, 1),
+        "best_val_loss": float(ckpt.best_model_score) if ckpt.best_model_score is not None else None,
+        "best_checkpoint": best_path, "n_train_fields": len(train_raw), "n_val_fields": len(val_raw),
+        "model": str(out / "model"),
+    }
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    _plot_losses(out)
+    return summary
+
+
+def read_loss_log(run: str | Path) -> dict[str, np.ndarray]:
+    """Columns of the CSV training log (step, train_loss, val_loss, ...) as arrays."""
+    import csv
+
+    path = Path(run) / "logs" / "csv" / "metrics.csv"
+    if not path.is_file():
+        return {}
+    cols: dict[str, list[float]] = {}
+    with open(path) as fh:
+        for row in csv.DictReader(fh):
+            for k, v in row.items():
+                cols.setdefault(k, []).append(float(v) if v not in ("", None) else np.nan)
+    return {k: np.asarray(v) for k, v in cols.items()}
+
+
+def _plot_losses(run: Path) -> None:
+    from cytogen.report.figures import loss_curve_figure, save_figure
+
+    log = read_loss_log(run)
+    if log:
+        save_figure(loss_curve_figure(log), run / "loss.png")
