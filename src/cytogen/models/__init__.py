@@ -1,0 +1,14 @@
+"""Neural network models, built by name from a registry.
+
+Every generator maps ``(B, C_in, [Z,] Y, X) -> (B, C_out, [Z,] Y, X)``. To add one, write a
+file in this package that decorates its class with ``@register_model("name")`` and import
+that file below (the registry line).
+"""
+
+from cytogen.models.registry import build_model, list_models, model_arguments, register_model
+
+# Registry lines: importing a model file registers its models.
+from cytogen.models import unet  # noqa: E402,F401  isort: skip
+from cytogen.models.unet import UNet  # noqa: E402  isort: skip
+
+__all__ = ["UNet", "build_model", "list_models", "model_arguments", "register_model"]

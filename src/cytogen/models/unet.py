@@ -1,0 +1,174 @@
+"""U-Net generator for 2D and 3D image-to-image translation."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from cytogen.models.blocks import (
+    FINAL_ACTIVATIONS,
+    ConvBlock,
+    Down,
+    Up,
+    conv_nd,
+    make_activation,
+)
+from cytogen.models.registry import register_model
+
+__all__ = ["UNet"]
+
+
+@register_model("unet")
+class UNet(nn.Module):
+    """U-Net: conv blocks, max-pool down, transposed-conv (or nearest) up, skip concatenation.
+
+    Maps ``(B, in_channels, [Z,] Y, X) -> (B, out_channels, [Z,] Y, X)``.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+        Input and output channel counts.
+    dims : {2, 3}
+        Spatial dimensionality (``Conv2d`` or ``Conv3d`` etc.).
+    depth : int
+        Number of down-sampling steps (0 gives a single conv block and the head).
+    base_channels : int
+        Channels at full resolution.
+    channel_multiplier : int
+        Channel growth per level; level ``i`` has
+        ``min(base_channels * channel_multiplier**i, max_channels)`` channels.
+    max_channels : int
+        Cap on the channels of any level.
+    norm : {"batch", "instance", "group", "none"}
+        Normalisation after each conv.
+    kernel_size : int
+        Odd conv kernel size (3, 5, 7, ...), "same" padding.
+    dropout : float
+        Dropout probability at the end of each conv block.
+    activation : {"relu", "leaky_relu", "gelu", "silu", "elu"}
+        Activation inside the blocks.
+    final_activation : {None, "tanh", "sigmoid", "gelu"}
+        Activation applied after the 1x1 conv head.
+    upsample : {"transpose", "nearest"}
+        Transposed conv, or nearest-neighbour upsampling followed by a conv.
+    pool_z : bool
+        3D only: if False, pooling and upsampling keep Z (anisotropic stacks with few
+        slices).
+
+    Attributes
+    ----------
+    size_multiple : tuple of int
+        Per spatial axis, the number the input size must be divisible by:
+        ``(2**depth,) * dims``, or ``(1, 2**depth, 2**depth)`` for 3D with
+        ``pool_z=False``. Pass it to :func:`cytogen.predict.predict_tiled`, which pads.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        *,
+        dims: int = 2,
+        depth: int = 4,
+        base_channels: int = 32,
+        channel_multiplier: int = 2,
+        max_channels: int = 512,
+        norm: str = "batch",
+        kernel_size: int = 3,
+        dropout: float = 0.0,
+        activation: str = "relu",
+        final_activation: str | None = None,
+        upsample: str = "transpose",
+        pool_z: bool = True,
+    ) -> None:
+        super().__init__()
+        if dims not in (2, 3):
+            raise ValueError(f"dims must be 2 or 3, got {dims!r}")
+        for label, value in (("in_channels", in_channels), ("out_channels", out_channels),
+                             ("base_channels", base_channels),
+                             ("channel_multiplier", channel_multiplier),
+                             ("max_channels", max_channels)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{label} must be a positive integer, got {value!r}")
+        if not isinstance(depth, int) or depth < 0:
+            raise ValueError(f"depth must be a non-negative integer, got {depth!r}")
+        if final_activation == "none":
+            final_activation = None
+        if final_activation not in FINAL_ACTIVATIONS:
+            raise ValueError(
+                f"final_activation must be one of {FINAL_ACTIVATIONS}, got {final_activation!r}"
+            )
+        if not pool_z and dims != 3:
+            raise ValueError("pool_z=False only applies to dims=3")
+
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.dims = dims
+        self.depth = depth
+        scale = (2,) * dims if pool_z else (1, 2, 2)
+        self.size_multiple: tuple[int, ...] = tuple(s**depth for s in scale)
+
+        widths = [min(base_channels * channel_multiplier**i, max_channels)
+                  for i in range(depth + 1)]
+        block = dict(dims=dims, kernel_size=kernel_size, norm=norm, activation=activation,
+                     dropout=dropout)
+
+        self.encoders = nn.ModuleList()
+        self.downs = nn.ModuleList()
+        channels = in_channels
+        for i in range(depth):
+            self.encoders.append(ConvBlock(channels, widths[i], **block))
+            self.downs.append(Down(dims, scale))
+            channels = widths[i]
+        self.bottleneck = ConvBlock(channels, widths[depth], **block)
+
+        self.ups = nn.ModuleList()
+        self.decoders = nn.ModuleList()
+        for i in reversed(range(depth)):
+            self.ups.append(Up(widths[i + 1], widths[i], dims=dims, scale=scale, mode=upsample,
+                               kernel_size=kernel_size))
+            self.decoders.append(ConvBlock(2 * widths[i], widths[i], **block))
+
+        self.head = conv_nd(dims)(widths[0], out_channels, kernel_size=1)
+        self.final_activation = make_activation(final_activation)
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.ndim != self.dims + 2:
+            axes = "(B, C, Y, X)" if self.dims == 2 else "(B, C, Z, Y, X)"
+            raise ValueError(f"UNet(dims={self.dims}) expects a {axes} tensor, got shape "
+                             f"{tuple(x.shape)}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"UNet expects {self.in_channels} input channel(s), got "
+                             f"{x.shape[1]} (shape {tuple(x.shape)})")
+        spatial = tuple(x.shape[2:])
+        if any(s % m for s, m in zip(spatial, self.size_multiple)):
+            raise ValueError(
+                f"UNet input spatial size {spatial} must be divisible by {self.size_multiple} "
+                f"per axis (depth={self.depth}); pad or crop the input, or use "
+                f"cytogen.predict.predict_tiled(..., size_multiple=model.size_multiple)"
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Translate a batch.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``(B, in_channels, [Z,] Y, X)``; spatial sizes divisible by ``size_multiple``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, out_channels, [Z,] Y, X)``.
+        """
+        self._check_input(x)
+        skips = []
+        for encoder, down in zip(self.encoders, self.downs):
+            x = encoder(x)
+            skips.append(x)
+            x = down(x)
+        x = self.bottleneck(x)
+        for up, decoder, skip in zip(self.ups, self.decoders, reversed(skips)):
+            x = up(x)
+            x = decoder(torch.cat([skip, x.to(skip.dtype)], dim=1))
+        return self.final_activation(self.head(x))

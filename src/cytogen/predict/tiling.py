@@ -1,0 +1,305 @@
+"""Sliding-window prediction over whole 2D / 3D images with blended tile seams.
+
+The image is cut into equally sized tiles (the last tile of each axis aligned to the image
+end, so every pixel is covered), tiles are sent to ``fn`` in batches, and the outputs are
+blended with a weight window and normalised by the summed weights. Only one batch of tiles
+exists at a time; the output is accumulated in place, so memory is about one float32 copy
+of the output plus one batch.
+
+Images smaller than a tile, or whose size would force a tile that is not a multiple of
+``size_multiple``, are padded per tile (reflection, or edge for single-pixel axes) and the
+result is cropped back, so the input array is never copied or modified as a whole.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from cytogen.errors import CytogenError
+
+__all__ = ["BLENDS", "blend_window", "predict_tiled", "tile_starts"]
+
+BLENDS = ("gaussian", "linear", "constant")
+GAUSSIAN_FLOOR = 1e-4  # relative to the window's peak; keeps every weight > 0
+
+
+def blend_window(length: int, blend: str = "gaussian") -> np.ndarray:
+    """1D blending weights for one tile axis (peak 1, all weights > 0).
+
+    Parameters
+    ----------
+    length : int
+        Tile length along the axis.
+    blend : {"gaussian", "linear", "constant"}
+        ``"gaussian"``: ``exp(-x^2 / 2 sigma^2)`` around the centre with
+        ``sigma = length / 8``, floored at ``GAUSSIAN_FLOOR``; ``"linear"``: a tent
+        ``min(i + 1, length - i)``; ``"constant"``: ones.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 weights of shape ``(length,)``. N-D windows are outer products.
+    """
+    i = np.arange(length, dtype=np.float64)
+    if blend == "constant":
+        w = np.ones(length)
+    elif blend == "linear":
+        w = np.minimum(i + 1, length - i)
+    elif blend == "gaussian":
+        sigma = length / 8.0
+        w = np.exp(-0.5 * ((i - (length - 1) / 2.0) / sigma) ** 2)
+    else:
+        raise CytogenError(f"blend must be one of {BLENDS}, got {blend!r}")
+    w = w / w.max()
+    return np.maximum(w, GAUSSIAN_FLOOR) if blend == "gaussian" else w
+
+
+def tile_starts(size: int, tile: int, step: int) -> list[int]:
+    """Start offsets of windows of length ``tile`` every ``step`` over ``size``.
+
+    The last window is aligned to the end, so ``[0, size)`` is covered.
+
+    Parameters
+    ----------
+    size, tile, step : int
+        Axis length (>= tile), window length and stride (>= 1).
+
+    Returns
+    -------
+    list of int
+        Sorted, unique start offsets.
+    """
+    if size <= tile:
+        return [0]
+    return list(range(0, size - tile, step)) + [size - tile]
+
+
+def _reflect(idx: np.ndarray, size: int) -> np.ndarray:
+    """Map indices outside ``[0, size)`` back inside by mirror reflection (no edge repeat)."""
+    if size == 1:
+        return np.zeros_like(idx)
+    period = 2 * (size - 1)
+    idx = np.mod(idx, period)
+    return np.where(idx >= size, period - idx, idx)
+
+
+@dataclass
+class _Axis:
+    """Tiling plan for one spatial axis."""
+
+    size: int  # image size S
+    tile: int  # tile size T (multiple of size_multiple)
+    step: int
+    margin: int
+    pad_before: int = 0
+    starts: list[int] = field(default_factory=list)
+    windows: np.ndarray | None = None  # (n, T) float32, margin-masked blend windows
+    weight_sum: np.ndarray | None = None  # (S,) float64
+
+    def read(self, j: int) -> tuple[slice, np.ndarray | None]:
+        """Source slice of tile ``j`` and, if it reaches into padding, local take-indices."""
+        idx = np.arange(self.starts[j], self.starts[j] + self.tile) - self.pad_before
+        if idx[0] >= 0 and idx[-1] < self.size:
+            return slice(int(idx[0]), int(idx[-1]) + 1), None
+        idx = _reflect(idx, self.size)
+        lo, hi = int(idx.min()), int(idx.max()) + 1
+        return slice(lo, hi), idx - lo
+
+    def write(self, j: int) -> tuple[slice, slice]:
+        """(output slice, tile slice) of the part of tile ``j`` inside the image."""
+        start, lo = self.starts[j], self.pad_before
+        a = max(start, lo)
+        b = min(start + self.tile, lo + self.size)
+        return slice(a - lo, b - lo), slice(a - start, b - start)
+
+
+def _per_axis(value: int | Sequence[int], nd: int, name: str) -> tuple[int, ...]:
+    values = (value,) * nd if isinstance(value, (int, np.integer)) else tuple(value)
+    if len(values) != nd or not all(isinstance(v, (int, np.integer)) for v in values):
+        raise CytogenError(f"{name} must be an int or {nd} ints (one per spatial axis), "
+                           f"got {value!r}")
+    return tuple(int(v) for v in values)
+
+
+def _plan(shape: tuple[int, ...], tile: tuple[int, ...], overlap: float | tuple[int, ...],
+          size_multiple: tuple[int, ...], margin: tuple[int, ...], blend: str) -> list[_Axis]:
+    nd = len(shape)
+    if isinstance(overlap, (int, float, np.number)) and not isinstance(overlap, bool):
+        if not 0.0 <= float(overlap) < 1.0:
+            raise CytogenError(f"overlap as a fraction must be in [0, 1), got {overlap!r}")
+        fractions: tuple[float, ...] | None = (float(overlap),) * nd
+        pixels: tuple[int, ...] = (0,) * nd
+    else:
+        fractions, pixels = None, _per_axis(overlap, nd, "overlap")
+    axes = []
+    for a in range(nd):
+        size, m = shape[a], size_multiple[a]
+        t = math.ceil(min(tile[a], size) / m) * m
+        ov = round(fractions[a] * t) if fractions is not None else pixels[a]
+        if ov < 0 or margin[a] < 0:
+            raise CytogenError(f"overlap and margin must be >= 0, got {overlap!r}, {margin!r}")
+        if size > t and t - 2 * margin[a] < 1:
+            raise CytogenError(f"margin {margin[a]} is too large for tile size {t} "
+                               f"(axis {a}); use a margin below half the tile")
+        step = t - min(max(ov, 2 * margin[a]), t - 1)
+        ax = _Axis(size=size, tile=t, step=step, margin=margin[a],
+                   pad_before=max(t - size, 0) // 2)
+        ax.starts = tile_starts(max(size, t), t, step)
+        base = blend_window(t, blend)
+        windows = np.repeat(base[None], len(ax.starts), axis=0)
+        if ax.margin and len(ax.starts) > 1:  # zero weights at interior tile sides only
+            windows[1:, : ax.margin] = 0.0
+            windows[:-1, t - ax.margin:] = 0.0
+        ax.windows = windows.astype(np.float32)
+        ax.weight_sum = np.zeros(size)
+        for j in range(len(ax.starts)):
+            out_sl, tile_sl = ax.write(j)
+            ax.weight_sum[out_sl] += ax.windows[j, tile_sl]
+        if not (ax.weight_sum > 0).all():  # pragma: no cover - guarded by the step choice
+            raise RuntimeError(f"tiling left pixels uncovered on axis {a}")
+        axes.append(ax)
+    return axes
+
+
+def _read_tile(image: np.ndarray, axes: list[_Axis], js: tuple[int, ...]) -> np.ndarray:
+    reads = [ax.read(j) for ax, j in zip(axes, js)]
+    block = np.asarray(image[(slice(None), *(sl for sl, _ in reads))])
+    for a, (_, take) in enumerate(reads):
+        if take is not None:
+            block = np.take(block, take, axis=a + 1)
+    return block.astype(np.float32, copy=False)
+
+
+def predict_tiled(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    image: np.ndarray,
+    *,
+    tile: tuple[int, ...],
+    overlap: float | tuple[int, ...] = 0.25,
+    batch_size: int = 4,
+    size_multiple: int | tuple[int, ...] = 1,
+    out_channels: int | None = None,
+    blend: str = "gaussian",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    progress: Callable[[int, int], None] | None = None,
+    margin: int | tuple[int, ...] = 0,
+) -> np.ndarray:
+    """Apply ``fn`` to a whole image tile by tile and blend the tiles.
+
+    Parameters
+    ----------
+    fn : callable
+        Maps a ``(B, C, *tile_shape)`` tensor to ``(B, C_out, *tile_shape)``, e.g. a model
+        in ``eval()`` mode. Called under ``torch.inference_mode()``.
+    image : numpy.ndarray
+        ``(C, Y, X)`` or ``(C, Z, Y, X)`` real-valued array (or any array supporting basic
+        slicing, e.g. a memmap or zarr array). Not modified.
+    tile : tuple of int
+        Tile size per spatial axis (an int is used for all axes). It is clipped to the image
+        size and rounded up to ``size_multiple``; smaller images are padded.
+    overlap : float or tuple of int
+        Fraction of the tile in ``[0, 1)`` shared by neighbouring tiles, or pixels per axis.
+    batch_size : int
+        Tiles per ``fn`` call.
+    size_multiple : int or tuple of int
+        The tile size per axis must be divisible by this (e.g. ``model.size_multiple``).
+    out_channels : int, optional
+        Expected ``C_out``; checked against ``fn``'s output when given.
+    blend : {"gaussian", "linear", "constant"}
+        Weight window, see :func:`blend_window`.
+    device : str or torch.device
+        Where the tiles are sent.
+    dtype : torch.dtype
+        Dtype of the tiles given to ``fn`` (e.g. ``torch.bfloat16``).
+    progress : callable, optional
+        Called as ``progress(done_tiles, total_tiles)`` after each batch.
+    margin : int or tuple of int
+        Pixels at each tile side that touches another tile whose weight is set to zero
+        (e.g. the model's border artefacts). The overlap is raised to at least
+        ``2 * margin`` so every pixel stays covered. Sides on the image border keep weight.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(C_out, *spatial)`` prediction with the image's spatial shape.
+
+    Raises
+    ------
+    CytogenError
+        For an image of the wrong rank or dtype, an empty or non-finite image, invalid
+        tiling arguments, or an ``fn`` output of the wrong shape.
+    """
+    if not hasattr(image, "shape") or len(image.shape) not in (3, 4):
+        raise CytogenError("image must be a (C, Y, X) or (C, Z, Y, X) array, got shape "
+                           f"{getattr(image, 'shape', type(image).__name__)}")
+    kind = np.dtype(image.dtype).kind
+    if kind not in "biuf":
+        raise CytogenError(f"image must have a real numeric dtype, got {image.dtype}")
+    if min(image.shape) < 1:
+        raise CytogenError(f"image is empty (shape {tuple(image.shape)})")
+    shape = tuple(int(s) for s in image.shape[1:])
+    nd = len(shape)
+    tile_t = _per_axis(tile, nd, "tile")
+    mult = _per_axis(size_multiple, nd, "size_multiple")
+    margin_t = _per_axis(margin, nd, "margin")
+    if min(tile_t) < 1 or min(mult) < 1:
+        raise CytogenError(f"tile and size_multiple must be >= 1, got {tile!r}, "
+                           f"{size_multiple!r}")
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise CytogenError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if blend not in BLENDS:
+        raise CytogenError(f"blend must be one of {BLENDS}, got {blend!r}")
+
+    axes = _plan(shape, tile_t, overlap, mult, margin_t, blend)
+    tile_shape = tuple(ax.tile for ax in axes)
+    grid = list(itertools.product(*(range(len(ax.starts)) for ax in axes)))
+    total = len(grid)
+    device = torch.device(device)
+    windows = [torch.from_numpy(ax.windows).to(device) for ax in axes]
+    out: np.ndarray | None = None
+
+    with torch.inference_mode():
+        for first in range(0, total, batch_size):
+            batch_js = grid[first:first + batch_size]
+            tiles = np.stack([_read_tile(image, axes, js) for js in batch_js])
+            if not np.isfinite(tiles).all():
+                raise CytogenError("image contains NaN or infinite values; clean or mask "
+                                   "them before prediction")
+            pred = fn(torch.from_numpy(tiles).to(device=device, dtype=dtype))
+            n = len(batch_js)
+            if (not isinstance(pred, torch.Tensor) or pred.ndim != nd + 2
+                    or pred.shape[0] != n or tuple(pred.shape[2:]) != tile_shape):
+                got = tuple(pred.shape) if isinstance(pred, torch.Tensor) else type(pred)
+                raise CytogenError(f"fn must return a (B, C_out, *{tile_shape}) tensor with "
+                                   f"B={n}, got {got}")
+            c_out = pred.shape[1]
+            if out_channels is not None and c_out != out_channels:
+                raise CytogenError(f"fn returned {c_out} channels, expected {out_channels}")
+            pred = pred.float()
+            for a, w in enumerate(windows):  # per-tile separable weights, on device
+                idx = torch.tensor([js[a] for js in batch_js], device=device)
+                view = [n, 1] + [1] * nd
+                view[a + 2] = tile_shape[a]
+                pred = pred * w[idx].reshape(view)
+            pred_np = pred.cpu().numpy()
+            if out is None:
+                out = np.zeros((c_out, *shape), dtype=np.float32)
+            for k, js in enumerate(batch_js):
+                out_sl, tile_sl = zip(*(ax.write(j) for ax, j in zip(axes, js)))
+                out[(slice(None), *out_sl)] += pred_np[(k, slice(None), *tile_sl)]
+            if progress is not None:
+                progress(first + n, total)
+
+    assert out is not None
+    for a, ax in enumerate(axes):  # normalise: summed weights are separable too
+        view = [1] * (nd + 1)
+        view[a + 1] = ax.size
+        out /= ax.weight_sum.astype(np.float32).reshape(view)
+    return out
