@@ -106,3 +106,14 @@ def test_assign_splits_groups_stay_together_and_fractions():
         assert len({s for s, gg in zip(splits, groups) if gg == g}) == 1
     assert splits.count("test") == 8 and splits.count("val") == 8
     assert splits != assign_splits(names, groups, val_fraction=0.2, test_fraction=0.2, seed=1)
+
+
+def test_real_sbs_pairing_row_g_is_test(shared_data, tmp_path):
+    out = build_manifest(shared_data / "sbs_translocation", "Channel1-*.tif", "Channel2-*.tif",
+                         tmp_path / "sbs.csv", test_match="-G-", val_fraction=0.15, seed=0)
+    entries = read_manifest(out)
+    assert len(entries) == 48
+    test = [e for e in entries if e.split == "test"]
+    assert len(test) == 12 and all("-G-" in e.name for e in test)
+    for e in entries:
+        assert Path(e.source[0]).name.replace("Channel1", "Channel2") == Path(e.target[0]).name

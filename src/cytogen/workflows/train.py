@@ -64,6 +64,14 @@ def _check_consistent(raw: list, dims: int, manifest: Path) -> tuple[int, int]:
     return c_in, c_out
 
 
+def _csv_version(run: Path) -> str:
+    """A fresh CSV log folder per (re)start: Lightning would delete an existing metrics.csv."""
+    n = 0
+    while (run / "logs" / ("csv" if n == 0 else f"csv_{n}") / "metrics.csv").exists():
+        n += 1
+    return "csv" if n == 0 else f"csv_{n}"
+
+
 def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path, *,
           overrides: list[str] | None = None, max_steps: int | None = None,
           resume: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -148,7 +156,7 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
         max_time={"minutes": rec.train.max_time_min} if rec.train.max_time_min else None,
         val_check_interval=min(rec.train.val_every, rec.train.max_steps), check_val_every_n_epoch=None,
         accelerator=rec.train.accelerator, devices=rec.train.devices, precision=rec.train.precision,
-        logger=[CSVLogger(out, name="logs", version="csv"),
+        logger=[CSVLogger(out, name="logs", version=_csv_version(out)),
                 TensorBoardLogger(out, name="logs", version="tensorboard")],
         callbacks=callbacks, enable_progress_bar=progress, enable_model_summary=False,
         log_every_n_steps=rec.train.log_every, num_sanity_val_steps=0, deterministic=False,
@@ -183,18 +191,26 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
 
 
 def read_loss_log(run: str | Path) -> dict[str, np.ndarray]:
-    """Columns of the CSV training log (step, train_loss, val_loss, ...) as arrays."""
+    """Columns of the CSV training logs (step, train_loss, val_loss, ...) as arrays.
+
+    The logs of a run and of each resumed restart are joined; where a restart repeated steps,
+    the later restart's rows win.
+    """
     import csv
 
-    path = Path(run) / "logs" / "csv" / "metrics.csv"
-    if not path.is_file():
-        return {}
-    cols: dict[str, list[float]] = {}
-    with open(path) as fh:
-        for row in csv.DictReader(fh):
-            for k, v in row.items():
-                cols.setdefault(k, []).append(float(v) if v not in ("", None) else np.nan)
-    return {k: np.asarray(v) for k, v in cols.items()}
+    parts = sorted((Path(run) / "logs").glob("csv*/metrics.csv"),
+                   key=lambda p: int(p.parent.name.partition("_")[2] or 0))
+    rows: list[dict[str, str]] = []
+    for path in parts:
+        with open(path) as fh:
+            new = list(csv.DictReader(fh))
+        if new and rows:
+            first = min(float(r["step"]) for r in new if r.get("step"))
+            rows = [r for r in rows if float(r.get("step") or 0) < first]
+        rows.extend(new)
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    return {k: np.asarray([float(r[k]) if r.get(k) not in ("", None) else np.nan for r in rows])
+            for k in keys}
 
 
 def _plot_losses(run: Path) -> None:
