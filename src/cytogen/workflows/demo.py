@@ -15,6 +15,7 @@ from cytogen.report.figures import loss_curve_figure, metric_hist_figure, panels
 from cytogen.report.html import Section, write_report
 from cytogen.synth.cells import write_synthetic_dataset
 from cytogen.workflows.evaluate import evaluate_pixels, median_metric, write_json
+from cytogen.workflows.evaluate_objects import evaluate_objects, object_sections
 from cytogen.workflows.predict import predict
 from cytogen.workflows.train import read_loss_log, train
 
@@ -68,10 +69,15 @@ def demo(out: str | Path, *, n_fields: int = 24, size: int = 256, seed: int = 0,
     _log("evaluating")
     result = evaluate_pixels(out / "predictions", manifest, out / "evaluation", split="test")
     med_r = median_metric(result, "pearson_r")
+    _log("evaluating objects (nuclei found, matched, measured)")
+    objects = evaluate_objects(out / "predictions", manifest, out / "objects", split="test", progress=False)
+    osum = objects["summary"]
     total = time.perf_counter() - t0
     metrics = {
         "median_pearson_r": med_r, "passes_bar": med_r >= PEARSON_BAR, "bar": PEARSON_BAR,
         "n_test_fields": result["n_fields"], "summary": result["metrics"],
+        "objects": {k: osum[k] for k in ("n_true", "n_pred", "n_matched", "recall", "precision",
+                                           "median_distance", "unit", "within")},
         "train_steps": summary["steps"], "seconds": {"synthesize": round(t_synth, 1),
                                                      "train": round(t_train, 1),
                                                      "total": round(total, 1)},
@@ -91,7 +97,7 @@ def demo(out: str | Path, *, n_fields: int = 24, size: int = 256, seed: int = 0,
         Section("Per-field metrics", tables=[("per field", result["rows"])],
                 figures=[("distribution over fields", metric_hist_figure(
                     {k: [r[k] for r in result["rows"]] for k in ("pearson_r", "ssim", "l1")}))]),
-    ]
+    ] + object_sections(objects)
     write_report(out / "report.html", "cytogen demo: actin -> nucleus on synthetic cells", sections,
                  subtitle=f"data: {manifest}; model: {out / 'run' / 'model'}")
     _log(f"median Pearson r {med_r:.3f}; report: {out / 'report.html'} ({total:.0f} s)")

@@ -34,6 +34,15 @@ class _EpochSetter(Callback):
             ds.set_epoch(trainer.current_epoch)
 
 
+class _ProgressBar(TQDMProgressBar):
+    """Lightning's bar without the logger version number, which means nothing to a user."""
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics
+
+
 def channel_names(img_names: list[str] | None, specs: list[str], n: int) -> list[str]:
     """Channel names from the image metadata, else from the file names."""
     if img_names and len(img_names) == n and all(img_names):
@@ -150,7 +159,7 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
                            save_top_k=1, save_last=True)
     callbacks: list[Callback] = [ckpt, _EpochSetter()]
     if progress:
-        callbacks.append(TQDMProgressBar(refresh_rate=5))
+        callbacks.append(_ProgressBar(refresh_rate=5))
     trainer = L.Trainer(
         default_root_dir=out, max_steps=rec.train.max_steps,
         max_time={"minutes": rec.train.max_time_min} if rec.train.max_time_min else None,
@@ -164,7 +173,6 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
     t0 = time.perf_counter()
     trainer.fit(task, train_dl, val_dl, ckpt_path=str(last) if resume else None)
     train_s = time.perf_counter() - t0
-    # Validate at the very end too, so "best" considers the final weights.
     best_path = ckpt.best_model_path or str(last)
     state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
     task.load_state_dict(state)
