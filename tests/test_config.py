@@ -5,7 +5,9 @@ from cytogen.errors import CytogenError
 
 
 def test_bundled_recipes_load():
-    for name in ("translate_unet2d", "translate_unet3d", "demo_actin_nucleus"):
+    names = sorted(p.stem for p in bundled_recipe("translate_unet2d").parent.glob("*.yaml"))
+    assert {"pix2pix2d", "pix2pix3d", "vox2vox_ru3d", "tfill_coarse", "unet_chain3x", "cyclegan2d"} <= set(names)
+    for name in names:
         r = load_recipe(bundled_recipe(name))
         assert len(r.data.patch_size) == r.model.dims
 

@@ -46,6 +46,32 @@ class DataConfig:
 
 
 @dataclass
+class DiscriminatorConfig:
+    """Discriminator for adversarial tasks: a registry name plus keyword arguments."""
+
+    name: str = "patchgan"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GanConfig:
+    """Adversarial training: loss kind, weights, discriminator optimiser and schedules."""
+
+    adversarial: str = "vanilla"
+    adv_weight: float = 1.0
+    recon_weight: float = 100.0
+    d_lr: float = 2e-4
+    d_betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+    soft_labels: bool = False
+    soft_label_steps: int = 2500
+    r1_gamma: float = 0.0
+    ema_decay: float = 0.0
+    cycle_weight: float = 10.0
+    identity_weight: float = 0.5
+    pool_size: int = 50
+
+
+@dataclass
 class LossConfig:
     """Reconstruction loss: ``l1``, ``mse`` or ``masked_l1`` (weight ``alpha`` on mask pixels)."""
 
@@ -78,6 +104,7 @@ class TrainConfig:
     accelerator: str = "auto"
     devices: int | str = 1
     log_every: int = 10
+    export: str = "best"
 
 
 @dataclass
@@ -97,6 +124,8 @@ class Recipe:
     task: str = "translate"
     description: str = ""
     model: ModelConfig = field(default_factory=ModelConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    gan: GanConfig = field(default_factory=GanConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -109,7 +138,9 @@ class Recipe:
 
 
 _CHOICES = {
-    ("task",): {"translate"},
+    ("task",): {"translate", "gan", "cyclegan"},
+    ("gan", "adversarial"): {"vanilla", "lsgan", "hinge"},
+    ("train", "export"): {"best", "last"},
     ("data", "normalize"): {"percentile", "zscore", "none"},
     ("data", "normalize_scope"): {"field", "dataset"},
     ("loss", "name"): {"l1", "mse", "masked_l1"},

@@ -126,10 +126,13 @@ class RandomPatches(Dataset):
 
     Deterministic: item ``i`` of epoch ``e`` depends only on ``(seed, e, i)``, so a resumed run
     sees the same patches as an uninterrupted one, whatever the number of workers.
+    With ``unpaired=True`` (CycleGAN) the target patch comes from an independent random field
+    and position, so no pairing is learned from the data.
     """
 
     def __init__(self, fields: list[Field], patch_size: tuple[int, ...], length: int, *,
-                 augment: bool = True, fg_bias: float = 0.0, seed: int = 0) -> None:
+                 augment: bool = True, fg_bias: float = 0.0, seed: int = 0,
+                 unpaired: bool = False) -> None:
         if not fields:
             raise CytogenError("no fields to sample patches from; check the manifest splits")
         self.fields = fields
@@ -139,6 +142,7 @@ class RandomPatches(Dataset):
         self.fg_bias = float(fg_bias)
         self.seed = int(seed)
         self.epoch = 0
+        self.unpaired = bool(unpaired)
         sizes = np.array([np.prod(f.source.shape[1:]) for f in fields], dtype=np.float64)
         self.weights = sizes / sizes.sum()
 
@@ -159,6 +163,11 @@ class RandomPatches(Dataset):
             arrays["target"] = crop(f.target, corner, self.patch)
         if f.mask is not None:
             arrays["mask"] = crop(f.mask, corner, self.patch)
+        if self.unpaired and f.target is not None:
+            g = self.fields[int(rng.choice(len(self.fields), p=self.weights))]
+            corner_b = sample_corner(rng, g.source.shape[1:], self.patch, g.fg_index, self.fg_bias)
+            arrays["target"] = crop(g.target, corner_b, self.patch)
+            arrays.pop("mask", None)
         if self.augment:
             t = random_dihedral(rng, len(self.patch), square=self.patch[-1] == self.patch[-2])
             arrays = {k: t.apply(v) for k, v in arrays.items()}

@@ -3,3 +3,15 @@
 from cytogen.losses.reconstruction import get_loss, l1_loss, masked_l1_loss, mse_loss
 
 __all__ = ["get_loss", "l1_loss", "masked_l1_loss", "mse_loss"]
+
+from cytogen.losses.adversarial import (  # noqa: E402
+    ADVERSARIAL_KINDS,
+    EMA,
+    AdversarialLoss,
+    adversarial_loss,
+    r1_penalty,
+    soft_noisy_labels,
+)
+
+__all__ += ["ADVERSARIAL_KINDS", "EMA", "AdversarialLoss", "adversarial_loss", "r1_penalty",
+            "soft_noisy_labels"]

@@ -9,6 +9,10 @@ from cytogen.models.registry import build_model, list_models, model_arguments, r
 
 # Registry lines: importing a model file registers its models.
 from cytogen.models import unet  # noqa: E402,F401  isort: skip
+from cytogen.models import chain  # noqa: E402,F401  isort: skip
+from cytogen.models import r2unet  # noqa: E402,F401  isort: skip
+from cytogen.models import tfill  # noqa: E402,F401  isort: skip
+from cytogen.models import discriminators  # noqa: E402,F401  isort: skip
 from cytogen.models.unet import UNet  # noqa: E402  isort: skip
 
 __all__ = ["UNet", "build_model", "list_models", "model_arguments", "register_model"]

@@ -43,6 +43,9 @@ class UNet(nn.Module):
         Normalisation after each conv.
     kernel_size : int
         Odd conv kernel size (3, 5, 7, ...), "same" padding.
+    decoder_dropout : float
+        Dropout in the three innermost decoder blocks only (pix2pix's noise source; 0.5
+        there), on top of ``dropout``.
     dropout : float
         Dropout probability at the end of each conv block.
     activation : {"relu", "leaky_relu", "gelu", "silu", "elu"}
@@ -76,6 +79,7 @@ class UNet(nn.Module):
         norm: str = "batch",
         kernel_size: int = 3,
         dropout: float = 0.0,
+        decoder_dropout: float = 0.0,
         activation: str = "relu",
         final_activation: str | None = None,
         upsample: str = "transpose",
@@ -127,7 +131,8 @@ class UNet(nn.Module):
         for i in reversed(range(depth)):
             self.ups.append(Up(widths[i + 1], widths[i], dims=dims, scale=scale, mode=upsample,
                                kernel_size=kernel_size))
-            self.decoders.append(ConvBlock(2 * widths[i], widths[i], **block))
+            dec = dict(block, dropout=max(dropout, decoder_dropout)) if i >= depth - 3 else block
+            self.decoders.append(ConvBlock(2 * widths[i], widths[i], **dec))
 
         self.head = conv_nd(dims)(widths[0], out_channels, kernel_size=1)
         self.final_activation = make_activation(final_activation)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import lightning as L
 import torch
@@ -20,6 +20,28 @@ def pearson_per_sample(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     t = t - t.mean(dim=1, keepdim=True)
     denom = (p.norm(dim=1) * t.norm(dim=1)).clamp_min(1e-12)
     return (p * t).sum(dim=1) / denom
+
+
+def lr_lambda(cfg: dict[str, Any], max_steps: int) -> Callable[[int], float] | None:
+    """Learning-rate factor per step: linear warm-up, then cosine decay to 5 % (or constant).
+
+    Returns None when neither warm-up nor a schedule is configured.
+    """
+    warm = int(cfg.get("warmup_steps", 0) or 0)
+    cosine = cfg.get("scheduler", "none") == "cosine"
+    if not cosine and not warm:
+        return None
+    total = max(1, max_steps)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if not cosine:
+            return 1.0
+        t = min(1.0, (step - warm) / max(1, total - warm))
+        return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * t))
+
+    return factor
 
 
 class TranslateTask(L.LightningModule):
@@ -46,6 +68,10 @@ class TranslateTask(L.LightningModule):
                                **model.get("kwargs", {}))
         self.loss_fn = get_loss(loss["name"], loss.get("alpha", 10.0))
 
+    def generator(self) -> torch.nn.Module:
+        """The network to validate and export."""
+        return self.net
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
@@ -69,19 +95,8 @@ class TranslateTask(L.LightningModule):
         cls = torch.optim.AdamW if cfg.get("name", "adamw") == "adamw" else torch.optim.Adam
         opt = cls(self.parameters(), lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0),
                   betas=tuple(cfg.get("betas", (0.9, 0.999))))
-        if cfg.get("scheduler", "none") == "none" and not cfg.get("warmup_steps"):
+        fn = lr_lambda(cfg, int(self.hparams.max_steps))
+        if fn is None:
             return opt
-        total = max(1, int(self.hparams.max_steps))
-        warm = int(cfg.get("warmup_steps", 0))
-        cosine = cfg.get("scheduler", "none") == "cosine"
-
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            if not cosine:
-                return 1.0
-            t = min(1.0, (step - warm) / max(1, total - warm))
-            return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * t))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, fn)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from cytogen.data.manifest import read_manifest
 from cytogen.data.normalize import Normalizer
 from cytogen.errors import CytogenError
 from cytogen.predict.model_folder import save_model_folder
-from cytogen.tasks import TranslateTask
+from cytogen.tasks import build_task
 
 
 class _EpochSetter(Callback):
@@ -136,7 +137,8 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
 
     L.seed_everything(rec.train.seed, workers=True, verbose=False)
     train_ds = RandomPatches(train_fields, patch, rec.data.patches_per_epoch, augment=rec.data.augment,
-                             fg_bias=rec.data.foreground_bias, seed=rec.train.seed)
+                             fg_bias=rec.data.foreground_bias, seed=rec.train.seed,
+                             unpaired=rec.task == "cyclegan")
     val_ds = RandomPatches(val_fields, patch, rec.data.val_patches, augment=False,
                            fg_bias=rec.data.foreground_bias, seed=rec.train.seed + 10_000)
     loader_kw = dict(batch_size=rec.data.batch_size, num_workers=rec.data.num_workers,
@@ -148,10 +150,11 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
 
     arch = {"name": rec.model.name, "dims": dims, "in_channels": c_in, "out_channels": c_out,
             "kwargs": dict(rec.model.kwargs)}
-    task = TranslateTask(arch, {"name": rec.loss.name, "alpha": rec.loss.alpha},
-                         {"name": rec.optim.name, "lr": rec.optim.lr, "weight_decay": rec.optim.weight_decay,
-                          "betas": rec.optim.betas, "scheduler": rec.optim.scheduler,
-                          "warmup_steps": rec.optim.warmup_steps}, max_steps=rec.train.max_steps)
+    optim = {"name": rec.optim.name, "lr": rec.optim.lr, "weight_decay": rec.optim.weight_decay,
+             "betas": rec.optim.betas, "scheduler": rec.optim.scheduler, "warmup_steps": rec.optim.warmup_steps}
+    task = build_task(rec.task, arch, {"name": rec.discriminator.name, "kwargs": dict(rec.discriminator.kwargs)},
+                      {"name": rec.loss.name, "alpha": rec.loss.alpha}, optim, asdict(rec.gan),
+                      max_steps=rec.train.max_steps)
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipe.yaml").write_text(yaml.safe_dump(rec.to_dict(), sort_keys=False))
@@ -173,10 +176,10 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
     t0 = time.perf_counter()
     trainer.fit(task, train_dl, val_dl, ckpt_path=str(last) if resume else None)
     train_s = time.perf_counter() - t0
-    best_path = ckpt.best_model_path or str(last)
+    best_path = (ckpt.best_model_path if rec.train.export == "best" else "") or str(last)
     state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
     task.load_state_dict(state)
-    net = task.net.float().eval()
+    net = task.generator().float().eval()
 
     px = next((list(rf.source.pixel_size_um) for rf in train_raw if rf.source.pixel_size_um), None)
     rf0 = train_raw[0]
