@@ -1,0 +1,87 @@
+"""Compare the translators on real data with the same wall-clock budget each.
+
+Trains the regression U-Net, pix2pix, Vox2Vox-RU (its R2U-Net generator in 2D), TFill-Coarse,
+the 3x chained U-Net and CycleGAN on ``../shared/data/sbs_translocation`` (GFP -> Hoechst;
+plate row G = test), predicts the test fields and scores them with pixel and object metrics.
+Prints one JSON line per model, then a Markdown table.
+
+    python benchmarks/translators.py [--minutes 5] [--models unet,pix2pix,...] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cytogen.config import bundled_recipe, load_recipe
+from cytogen.data.manifest import build_manifest
+from cytogen.workflows.evaluate import evaluate_pixels
+from cytogen.workflows.evaluate_objects import evaluate_objects
+from cytogen.workflows.objects import ObjectSettings
+from cytogen.workflows.predict import predict
+from cytogen.workflows.train import train
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sbs_translocation"
+COMMON = ["optim.scheduler=none", "train.max_steps=1000000", "train.val_every=50"]
+MODELS = {
+    "unet": ("translate_unet2d", []),
+    "pix2pix": ("pix2pix2d", []),
+    "vox2vox_ru": ("vox2vox_ru3d", ["model.dims=2", "data.patch_size=[128,128]", "data.batch_size=8",
+                                    "predict.tile=[256,256]", "predict.batch_size=4"]),
+    "tfill_coarse": ("tfill_coarse", []),
+    "unet_chain3x": ("unet_chain3x", []),
+    "cyclegan": ("cyclegan2d", []),
+}
+
+
+def run(name: str, manifest: Path, out: Path, minutes: float) -> dict:
+    recipe_name, extra = MODELS[name]
+    rec = load_recipe(bundled_recipe(recipe_name), COMMON + extra + [f"train.max_time_min={minutes}"])
+    t0 = time.perf_counter()
+    summary = train(rec, manifest, out / name / "run", progress=False)
+    t_train = time.perf_counter() - t0
+    predict(out / name / "run" / "model", out / name / "pred", data=manifest, split="test", progress=False)
+    pix = evaluate_pixels(out / name / "pred", manifest, out / name / "eval", split="test")
+    obj = evaluate_objects(out / name / "pred", manifest, out / name / "objects", split="test",
+                           settings=ObjectSettings(radii=["nuclear"]), progress=False)["summary"]
+    w = obj["within"][0]
+    med = {k: float(np.median([r[k] for r in pix["rows"]])) for k in ("pearson_r", "ssim", "psnr", "l1")}
+    return {"benchmark": "translators", "model": name, "recipe": recipe_name, "steps": summary["steps"],
+            "train_s": round(t_train, 1), **{f"median_{k}": round(v, 4) for k, v in med.items()},
+            "recall": round(obj["recall"], 4), "precision": round(obj["precision"], 4),
+            "within_nuclear_radius": round(w["fraction"], 4),
+            "within_ci95": [round(w["cp_low"], 4), round(w["cp_high"], 4)],
+            "nuclear_radius_px": round(w["radius_value"], 2), "log10_p_image": round(w["log10_p_image"], 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, default=5.0, help="training budget per model")
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--out", default=None, help="keep runs here (default: a temporary folder)")
+    a = ap.parse_args()
+    if not DATA.is_dir():
+        sys.exit(f"{DATA} not found: this benchmark needs ../shared/data/sbs_translocation")
+    out = Path(a.out or tempfile.mkdtemp(prefix="cytogen_translators_"))
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = build_manifest(DATA, "Channel1-*.tif", "Channel2-*.tif", out / "sbs.csv", test_match="-G-",
+                              val_fraction=0.15, seed=0)
+    rows = []
+    for name in a.models.split(","):
+        rows.append(run(name.strip(), manifest, out, a.minutes))
+        print(json.dumps(rows[-1]), flush=True)
+    cols = ["model", "steps", "train_s", "median_pearson_r", "median_ssim", "median_psnr", "median_l1",
+            "recall", "precision", "within_nuclear_radius", "within_ci95"]
+    print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+    for r in rows:
+        print("| " + " | ".join(str(r[c]) for c in cols) + " |")
+
+
+if __name__ == "__main__":
+    main()
