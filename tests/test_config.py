@@ -18,6 +18,7 @@ def test_overrides_typed_and_nested():
     assert r.train.max_steps == 7 and r.model.kwargs["depth"] == 2
     assert r.data.patch_size == [64, 64] and r.optim.lr == 0.5
     assert parse_overrides(["a.b=1"]) == {"a": {"b": 1}}
+    assert load_recipe(None, ["optim.lr=1e-4"]).optim.lr == 1e-4  # YAML 1.1 reads 1e-4 as a string
 
 
 @pytest.mark.parametrize("data, message", [

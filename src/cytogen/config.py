@@ -105,6 +105,8 @@ class TrainConfig:
     devices: int | str = 1
     log_every: int = 10
     export: str = "best"
+    checkpoint_every: int = 50
+    grad_clip: float | None = None
 
 
 @dataclass
@@ -179,6 +181,11 @@ def _check_type(value: Any, tp: Any, where: str, source: str) -> Any:
             raise CytogenError(f"{source}: '{where}' must be a mapping, got {value!r}")
         return dict(value)
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise CytogenError(f"{source}: '{where}' must be a number, got {value!r}")
         return float(value)

@@ -125,7 +125,9 @@ class RandomPatches(Dataset):
     """Random (optionally foreground-biased, augmented) patches from in-memory fields.
 
     Deterministic: item ``i`` of epoch ``e`` depends only on ``(seed, e, i)``, so a resumed run
-    sees the same patches as an uninterrupted one, whatever the number of workers.
+    sees the same patches as an uninterrupted one, whatever the number of workers. Indices at or
+    beyond ``length`` encode the epoch (``k = e * length + i``, see
+    :class:`~cytogen.data.sampling.EpochSampler`).
     With ``unpaired=True`` (CycleGAN) the target patch comes from an independent random field
     and position, so no pairing is learned from the data.
     """
@@ -154,7 +156,8 @@ class RandomPatches(Dataset):
         return self.length
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, self.epoch, int(i)])
+        epoch, i = divmod(int(i), self.length)
+        rng = np.random.default_rng([self.seed, self.epoch + epoch, i])
         f = self.fields[int(rng.choice(len(self.fields), p=self.weights))]
         spatial = f.source.shape[1:]
         corner = sample_corner(rng, spatial, self.patch, f.fg_index, self.fg_bias)

@@ -19,7 +19,7 @@ from cytogen.losses import get_loss
 from cytogen.losses.adversarial import EMA, adversarial_loss, r1_penalty, soft_noisy_labels
 from cytogen.models import build_model
 from cytogen.models.discriminators import build_discriminator
-from cytogen.tasks.translate import lr_lambda, pearson_per_sample
+from cytogen.tasks.translate import check_finite, lr_lambda, pearson_per_sample
 
 
 def _silence_step_counter(opt: Any) -> None:
@@ -29,6 +29,13 @@ def _silence_step_counter(opt: Any) -> None:
     optimiser too, ``max_steps`` and logged steps would silently double.
     """
     opt._on_after_step = lambda: None
+
+
+def clip(task: L.LightningModule, opt: Any) -> None:
+    """Clip gradients by norm when the recipe's ``train.grad_clip`` is set (manual optimisation)."""
+    value = task.hparams.get("grad_clip")
+    if value:
+        task.clip_gradients(opt, gradient_clip_val=value, gradient_clip_algorithm="norm")
 
 
 def build_generator(model: dict[str, Any]) -> torch.nn.Module:
@@ -55,7 +62,8 @@ class GANTranslateTask(L.LightningModule):
     """
 
     def __init__(self, model: dict[str, Any], discriminator: dict[str, Any], loss: dict[str, Any],
-                 optim: dict[str, Any], gan: dict[str, Any], max_steps: int = 1000) -> None:
+                 optim: dict[str, Any], gan: dict[str, Any], max_steps: int = 1000,
+                 grad_clip: float | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -99,8 +107,10 @@ class GANTranslateTask(L.LightningModule):
         loss_d = self.d_loss_fn(d_real, d_fake, real_lab, fake_lab)
         if g.get("r1_gamma", 0) > 0:
             loss_d = loss_d + 0.5 * g["r1_gamma"] * r1_penalty(d_real, real_in)
+        check_finite(loss_d, int(self.global_step), "discriminator loss")
         opt_d.zero_grad(set_to_none=True)
         self.manual_backward(loss_d)
+        clip(self, opt_d)
         opt_d.step()
         self.untoggle_optimizer(opt_d)
 
@@ -108,8 +118,10 @@ class GANTranslateTask(L.LightningModule):
         loss_adv = self.g_loss_fn(self.disc(src, fake))
         loss_rec = self.recon(fake, tgt, mask)
         loss_g = g["adv_weight"] * loss_adv + g["recon_weight"] * loss_rec
+        check_finite(loss_g, int(self.global_step), "generator loss")
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss_g)
+        clip(self, opt_g)
         opt_g.step()
         self.untoggle_optimizer(opt_g)
         for sched in self.lr_schedulers() or []:

@@ -12,6 +12,20 @@ from cytogen.losses import get_loss
 from cytogen.models import build_model
 
 
+class NonFiniteLossError(RuntimeError):
+    """Raised when a training loss becomes NaN or infinite (training stops; weights untouched)."""
+
+    def __init__(self, step: int, name: str, value: float) -> None:
+        super().__init__(f"{name} is {value} at step {step}")
+        self.step, self.name, self.value = step, name, value
+
+
+def check_finite(loss: torch.Tensor, step: int, name: str = "loss") -> None:
+    """Stop before an optimiser step that would spread NaN/Inf into the weights."""
+    if not torch.isfinite(loss.detach()).all():
+        raise NonFiniteLossError(step, name, float(loss.detach().float().mean()))
+
+
 def pearson_per_sample(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Pearson correlation of each sample in a batch (all channels and pixels pooled)."""
     p = pred.flatten(1).float()
@@ -78,6 +92,7 @@ class TranslateTask(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         pred = self.net(batch["source"])
         loss = self.loss_fn(pred, batch["target"], batch.get("mask"))
+        check_finite(loss, int(self.global_step), "training loss")
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False,
                  batch_size=pred.shape[0])
         return loss

@@ -13,9 +13,11 @@ import lightning as L
 import numpy as np
 import torch
 import yaml
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
+
+from cytogen.data.sampling import EpochSampler, ResumableLoader
 
 from cytogen.config import Recipe, load_recipe
 from cytogen.data.datasets import RandomPatches, prepare_fields, read_field
@@ -24,24 +26,8 @@ from cytogen.data.normalize import Normalizer
 from cytogen.errors import CytogenError
 from cytogen.predict.model_folder import save_model_folder
 from cytogen.tasks import build_task
-
-
-class _EpochSetter(Callback):
-    """Give the patch dataset the epoch number so its random stream is reproducible."""
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        ds = trainer.train_dataloader.dataset
-        if hasattr(ds, "set_epoch"):
-            ds.set_epoch(trainer.current_epoch)
-
-
-class _ProgressBar(TQDMProgressBar):
-    """Lightning's bar without the logger version number, which means nothing to a user."""
-
-    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
-        metrics = super().get_metrics(trainer, pl_module)
-        metrics.pop("v_num", None)
-        return metrics
+from cytogen.tasks.translate import NonFiniteLossError
+from cytogen.workflows.train_support import AtomicCheckpointIO, CleanProgressBar, ExactResume
 
 
 def channel_names(img_names: list[str] | None, specs: list[str], n: int) -> list[str]:
@@ -143,7 +129,8 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
                            fg_bias=rec.data.foreground_bias, seed=rec.train.seed + 10_000)
     loader_kw = dict(batch_size=rec.data.batch_size, num_workers=rec.data.num_workers,
                      persistent_workers=rec.data.num_workers > 0)
-    train_dl = DataLoader(train_ds, shuffle=False, drop_last=True, **loader_kw)
+    sampler = EpochSampler(len(train_ds))
+    train_dl = ResumableLoader(train_ds, sampler=sampler, drop_last=True, **loader_kw)
     val_dl = DataLoader(val_ds, shuffle=False, **loader_kw)
     if len(train_dl) == 0:
         raise CytogenError("data.patches_per_epoch is smaller than data.batch_size; raise it")
@@ -154,15 +141,17 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
              "betas": rec.optim.betas, "scheduler": rec.optim.scheduler, "warmup_steps": rec.optim.warmup_steps}
     task = build_task(rec.task, arch, {"name": rec.discriminator.name, "kwargs": dict(rec.discriminator.kwargs)},
                       {"name": rec.loss.name, "alpha": rec.loss.alpha}, optim, asdict(rec.gan),
-                      max_steps=rec.train.max_steps)
+                      max_steps=rec.train.max_steps, grad_clip=rec.train.grad_clip)
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipe.yaml").write_text(yaml.safe_dump(rec.to_dict(), sort_keys=False))
     ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_loss", mode="min",
-                           save_top_k=1, save_last=True)
-    callbacks: list[Callback] = [ckpt, _EpochSetter()]
+                           save_top_k=1, save_last=False)
+    periodic = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=0, save_last=True,
+                               every_n_train_steps=max(1, rec.train.checkpoint_every))
+    callbacks: list[Callback] = [ckpt, periodic, ExactResume(sampler, rec.data.batch_size)]
     if progress:
-        callbacks.append(_ProgressBar(refresh_rate=5))
+        callbacks.append(CleanProgressBar(refresh_rate=5))
     trainer = L.Trainer(
         default_root_dir=out, max_steps=rec.train.max_steps,
         max_time={"minutes": rec.train.max_time_min} if rec.train.max_time_min else None,
@@ -171,10 +160,19 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
         logger=[CSVLogger(out, name="logs", version=_csv_version(out)),
                 TensorBoardLogger(out, name="logs", version="tensorboard")],
         callbacks=callbacks, enable_progress_bar=progress, enable_model_summary=False,
+        plugins=[AtomicCheckpointIO()],
+        gradient_clip_val=rec.train.grad_clip if rec.task == "translate" else None,
         log_every_n_steps=rec.train.log_every, num_sanity_val_steps=0, deterministic=False,
     )
     t0 = time.perf_counter()
-    trainer.fit(task, train_dl, val_dl, ckpt_path=str(last) if resume else None)
+    try:
+        trainer.fit(task, train_dl, val_dl, ckpt_path=str(last) if resume else None, weights_only=True)
+    except NonFiniteLossError as exc:
+        good = f"the last good checkpoint is {last}; " if last.is_file() else ""
+        raise CytogenError(
+            f"{out}: training stopped: {exc}. {good}lower optim.lr, set train.grad_clip (e.g. 1.0) "
+            "or check the data for extreme values, then run again (with --resume to continue)"
+        ) from None
     train_s = time.perf_counter() - t0
     best_path = (ckpt.best_model_path if rec.train.export == "best" else "") or str(last)
     state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
