@@ -213,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except CytogenError as exc:
-        print(f"cytogen: error: {exc}", file=sys.stderr)
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"cytogen: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cytogen: interrupted", file=sys.stderr)

@@ -99,6 +99,12 @@ def prepare_fields(raw: list[RawField], src_norm: Normalizer, tgt_norm: Normaliz
     """Normalise raw fields, derive masks and foreground indices, pad to the patch size."""
     out = []
     for rf in raw:
+        small = [s for s, p in zip(rf.source.spatial_shape, patch_size) if s < p]
+        if small:
+            raise CytogenError(
+                f"field {rf.name!r} is {rf.source.spatial_shape} but data.patch_size is {list(patch_size)}; "
+                "lower data.patch_size (e.g. --set data.patch_size=[64,64]) or use larger fields"
+            )
         src = src_norm.normalize(rf.source.data)
         tgt = tgt_norm.normalize(rf.target.data) if rf.target is not None else None
         if rf.mask is not None:

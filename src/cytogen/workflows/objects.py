@@ -179,6 +179,8 @@ def resolve_radii(radii: list[str | float], nuclear: float, unit: str) -> list[t
 
 def compute_object_metrics(pairs: list[FieldPair], s: ObjectSettings, progress: bool = True) -> dict[str, Any]:
     """Evaluate all fields and pool the statistics; returns summary, per-field and per-object rows."""
+    if s.radii and any(not isinstance(r, str) for r in s.radii) and _spacing(pairs[0], s) is None:
+        resolve_radii(s.radii, float("nan"), "px")  # raises: um radii need a pixel size
     fields = []
     for i, pair in enumerate(pairs, 1):
         fields.append(evaluate_field(pair, s))

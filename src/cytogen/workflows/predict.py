@@ -97,8 +97,11 @@ def predict(model_dir: str | Path, out: str | Path, *, files: list[str] | None =
     jobs = _jobs(files, data, split)
     out = Path(out)
     inputs = {Path(s.partition("#")[0]).resolve() for _, specs in jobs for s in specs}
-    if out.resolve() in {p.parent for p in inputs}:
-        raise CytogenError(f"{out}: output folder holds input images; choose a separate --out")
+    out_r = out.resolve()
+    for folder in {p.parent for p in inputs}:
+        if out_r == folder or folder in out_r.parents:
+            raise CytogenError(f"{out}: output folder is, or is inside, the input folder {folder}; "
+                               "choose a separate --out so inputs can never be overwritten")
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for i, (name, specs) in enumerate(jobs, 1):
