@@ -133,8 +133,8 @@ def test_user_mistakes_exit_2_with_one_line(argv, message, tmp_path, synth_set, 
 
 
 def test_wrong_channel_count_is_named(trained, tmp_path, capsys):
-    write_image(tmp_path / "two.tif", Image(np.zeros((2, 40, 40), np.float32), "CYX"))
-    assert main(["predict", str(trained / "model"), str(tmp_path / "two.tif"), "--out", str(tmp_path / "o")]) == 2
+    write_image(tmp_path / "in" / "two.tif", Image(np.zeros((2, 40, 40), np.float32), "CYX"))
+    assert main(["predict", str(trained / "model"), str(tmp_path / "in" / "two.tif"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "two.tif" in err and "2 channel" in err and not (tmp_path / "o" / "two.tif").exists()
 

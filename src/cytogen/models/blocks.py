@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 __all__ = [
@@ -231,3 +232,52 @@ class Up(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Upsample ``x``."""
         return self.up(x)
+
+
+class EncoderDecoder(nn.Module):
+    """Shared input check and forward pass of U-Net-shaped generators.
+
+    Subclasses build ``encoders``, ``downs``, ``bottleneck``, ``ups``, ``decoders``, ``head``
+    and ``final_activation`` and set ``in_channels``, ``dims``, ``depth`` and ``size_multiple``.
+    """
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.ndim != self.dims + 2:
+            axes = "(B, C, Y, X)" if self.dims == 2 else "(B, C, Z, Y, X)"
+            raise ValueError(f"{type(self).__name__}(dims={self.dims}) expects a {axes} tensor, got shape "
+                             f"{tuple(x.shape)}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"{type(self).__name__} expects {self.in_channels} input channel(s), got "
+                             f"{x.shape[1]} (shape {tuple(x.shape)})")
+        spatial = tuple(x.shape[2:])
+        if any(s % m for s, m in zip(spatial, self.size_multiple)):
+            raise ValueError(
+                f"{type(self).__name__} input spatial size {spatial} must be divisible by {self.size_multiple} "
+                f"per axis (depth={self.depth}); pad or crop the input, or use "
+                f"cytogen.predict.predict_tiled(..., size_multiple=model.size_multiple)"
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Translate a batch.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``(B, in_channels, [Z,] Y, X)``; spatial sizes divisible by ``size_multiple``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, out_channels, [Z,] Y, X)``.
+        """
+        self._check_input(x)
+        skips = []
+        for encoder, down in zip(self.encoders, self.downs):
+            x = encoder(x)
+            skips.append(x)
+            x = down(x)
+        x = self.bottleneck(x)
+        for up, decoder, skip in zip(self.ups, self.decoders, reversed(skips)):
+            x = up(x)
+            x = decoder(torch.cat([skip, x.to(skip.dtype)], dim=1))
+        return self.final_activation(self.head(x))

@@ -10,12 +10,12 @@ parameters.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from cytogen.models.blocks import (
     FINAL_ACTIVATIONS,
     Down,
+    EncoderDecoder,
     Up,
     conv_nd,
     make_activation,
@@ -136,7 +136,7 @@ class RecurrentResidualBlock(nn.Module):
 
 
 @register_model("r2unet")
-class R2UNet(nn.Module):
+class R2UNet(EncoderDecoder):
     """R2U-Net: a U-Net whose conv blocks are recurrent residual units (Vox2Vox-RU generator).
 
     Maps ``(B, in_channels, [Z,] Y, X) -> (B, out_channels, [Z,] Y, X)`` with max-pool
@@ -244,44 +244,3 @@ class R2UNet(nn.Module):
 
         self.head = conv_nd(dims)(widths[0], out_channels, kernel_size=1)
         self.final_activation = make_activation(final_activation)
-
-    def _check_input(self, x: Tensor) -> None:
-        if x.ndim != self.dims + 2:
-            axes = "(B, C, Y, X)" if self.dims == 2 else "(B, C, Z, Y, X)"
-            raise ValueError(f"R2UNet(dims={self.dims}) expects a {axes} tensor, got shape "
-                             f"{tuple(x.shape)}")
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"R2UNet expects {self.in_channels} input channel(s), got "
-                             f"{x.shape[1]} (shape {tuple(x.shape)})")
-        spatial = tuple(x.shape[2:])
-        if any(s % m for s, m in zip(spatial, self.size_multiple)):
-            raise ValueError(
-                f"R2UNet input spatial size {spatial} must be divisible by "
-                f"{self.size_multiple} per axis (depth={self.depth}); pad or crop the input, "
-                f"or use cytogen.predict.predict_tiled(..., size_multiple=model.size_multiple)"
-            )
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Translate a batch.
-
-        Parameters
-        ----------
-        x : torch.Tensor
-            ``(B, in_channels, [Z,] Y, X)``; spatial sizes divisible by ``size_multiple``.
-
-        Returns
-        -------
-        torch.Tensor
-            ``(B, out_channels, [Z,] Y, X)``.
-        """
-        self._check_input(x)
-        skips = []
-        for encoder, down in zip(self.encoders, self.downs):
-            x = encoder(x)
-            skips.append(x)
-            x = down(x)
-        x = self.bottleneck(x)
-        for up, decoder, skip in zip(self.ups, self.decoders, reversed(skips)):
-            x = up(x)
-            x = decoder(torch.cat([skip, x.to(skip.dtype)], dim=1))
-        return self.final_activation(self.head(x))

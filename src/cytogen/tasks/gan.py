@@ -4,7 +4,8 @@ One training step = one discriminator update followed by one generator update, w
 optimisers and learning rates. The generator loss is ``adv_weight * adversarial +
 recon_weight * reconstruction`` (L1, MSE or the mask-weighted L1 of the actin -> nucleus
 paper). Options: soft noisy labels during the first iterations (Sun et al.), R1 gradient
-penalty on real images, and an exponential moving average (EMA) of the generator, which is
+penalty on real images, and an exponential moving average (EMA) of the generator (with the
+warm-up decay min(d, (1 + n) / (10 + n)) so short runs are not stuck near the initial weights), which is
 then the one validated and exported.
 """
 
@@ -73,7 +74,7 @@ class GANTranslateTask(L.LightningModule):
                                         **discriminator.get("kwargs", {}))
         self.recon = get_loss(loss["name"], loss.get("alpha", 10.0))
         self.d_loss_fn, self.g_loss_fn = adversarial_loss(gan["adversarial"])
-        self.ema = EMA(self.net, decay=gan["ema_decay"]) if gan.get("ema_decay", 0) > 0 else None
+        self.ema = EMA(self.net, decay=gan["ema_decay"], warmup=True) if gan.get("ema_decay", 0) > 0 else None
         self.net_ema = self.ema.module if self.ema is not None else None
 
     def generator(self) -> torch.nn.Module:

@@ -12,7 +12,7 @@ the observed successes against it (as log10 p), IoU-based instance scores and ma
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 

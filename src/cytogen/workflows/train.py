@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from dataclasses import asdict
 import time
 from pathlib import Path
@@ -164,6 +165,8 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
         gradient_clip_val=rec.train.grad_clip if rec.task == "translate" else None,
         log_every_n_steps=rec.train.log_every, num_sanity_val_steps=0, deterministic=False,
     )
+    # The state after the optimiser step is what a checkpoint at step N should hold.
+    warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
     t0 = time.perf_counter()
     try:
         trainer.fit(task, train_dl, val_dl, ckpt_path=str(last) if resume else None, weights_only=True)
