@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from cytogen.data.augment import random_dihedral
 from cytogen.data.manifest import FieldEntry
 from cytogen.data.normalize import Normalizer
-from cytogen.data.patches import crop, foreground_coords, pad_to_min, sample_corner
+from cytogen.data.patches import crop, foreground_coords, sample_corner
 from cytogen.errors import CytogenError
 from cytogen.io.images import Image, read_spec, stack_channels
 
@@ -96,7 +96,7 @@ def otsu_mask(target: np.ndarray, sigma: float = 1.0) -> np.ndarray:
 
 def prepare_fields(raw: list[RawField], src_norm: Normalizer, tgt_norm: Normalizer,
                    patch_size: tuple[int, ...], *, mask_mode: str = "auto") -> list[Field]:
-    """Normalise raw fields, derive masks and foreground indices, pad to the patch size."""
+    """Normalise raw fields, derive masks and foreground indices (fields must hold a patch)."""
     out = []
     for rf in raw:
         small = [s for s, p in zip(rf.source.spatial_shape, patch_size) if s < p]
@@ -117,11 +117,6 @@ def prepare_fields(raw: list[RawField], src_norm: Normalizer, tgt_norm: Normaliz
         else:
             mask = otsu_mask(tgt) if tgt is not None else None
         mask_arr = mask[None].astype(np.float32) if mask is not None else None
-        src = pad_to_min(src, patch_size)
-        if tgt is not None:
-            tgt = pad_to_min(tgt, patch_size)
-        if mask_arr is not None:
-            mask_arr = pad_to_min(mask_arr, patch_size)
         fg = foreground_coords(mask_arr[0] > 0) if mask_arr is not None else np.zeros(0, np.int64)
         out.append(Field(rf.name, src, tgt, mask_arr, fg))
     return out

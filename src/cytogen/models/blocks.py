@@ -234,6 +234,53 @@ class Up(nn.Module):
         return self.up(x)
 
 
+def validate_unet_args(*, dims: int, depth: int, final_activation: str | None, pool_z: bool,
+                       **positive: int) -> str | None:
+    """Check the arguments U-Net-shaped generators share; returns the normalised final activation.
+
+    ``positive`` holds the counts that must be positive integers (channels, widths).
+    """
+    if dims not in (2, 3):
+        raise ValueError(f"dims must be 2 or 3, got {dims!r}")
+    for label, value in positive.items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{label} must be a positive integer, got {value!r}")
+    if not isinstance(depth, int) or depth < 0:
+        raise ValueError(f"depth must be a non-negative integer, got {depth!r}")
+    if final_activation == "none":
+        final_activation = None
+    if final_activation not in FINAL_ACTIVATIONS:
+        raise ValueError(
+            f"final_activation must be one of {FINAL_ACTIVATIONS}, got {final_activation!r}"
+        )
+    if not pool_z and dims != 3:
+        raise ValueError("pool_z=False only applies to dims=3")
+    return final_activation
+
+
+def check_generator_input(model: nn.Module, x: Tensor) -> None:
+    """Rank, channel count and divisibility of a generator's input, with clear messages.
+
+    ``model`` must have ``dims``, ``in_channels`` and ``size_multiple`` (and may have ``depth``).
+    """
+    name = type(model).__name__
+    if x.ndim != model.dims + 2:
+        axes = "(B, C, Y, X)" if model.dims == 2 else "(B, C, Z, Y, X)"
+        raise ValueError(f"{name}(dims={model.dims}) expects a {axes} tensor, got shape "
+                         f"{tuple(x.shape)}")
+    if x.shape[1] != model.in_channels:
+        raise ValueError(f"{name} expects {model.in_channels} input channel(s), got "
+                         f"{x.shape[1]} (shape {tuple(x.shape)})")
+    spatial = tuple(x.shape[2:])
+    if any(s % m for s, m in zip(spatial, model.size_multiple)):
+        depth = getattr(model, "depth", None)
+        raise ValueError(
+            f"{name} input spatial size {spatial} must be divisible by {model.size_multiple} "
+            f"per axis (depth={depth}); pad or crop the input, or use "
+            f"cytogen.predict.predict_tiled(..., size_multiple=model.size_multiple)"
+        )
+
+
 class EncoderDecoder(nn.Module):
     """Shared input check and forward pass of U-Net-shaped generators.
 
@@ -242,20 +289,7 @@ class EncoderDecoder(nn.Module):
     """
 
     def _check_input(self, x: Tensor) -> None:
-        if x.ndim != self.dims + 2:
-            axes = "(B, C, Y, X)" if self.dims == 2 else "(B, C, Z, Y, X)"
-            raise ValueError(f"{type(self).__name__}(dims={self.dims}) expects a {axes} tensor, got shape "
-                             f"{tuple(x.shape)}")
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"{type(self).__name__} expects {self.in_channels} input channel(s), got "
-                             f"{x.shape[1]} (shape {tuple(x.shape)})")
-        spatial = tuple(x.shape[2:])
-        if any(s % m for s, m in zip(spatial, self.size_multiple)):
-            raise ValueError(
-                f"{type(self).__name__} input spatial size {spatial} must be divisible by {self.size_multiple} "
-                f"per axis (depth={self.depth}); pad or crop the input, or use "
-                f"cytogen.predict.predict_tiled(..., size_multiple=model.size_multiple)"
-            )
+        check_generator_input(self, x)
 
     def forward(self, x: Tensor) -> Tensor:
         """Translate a batch.

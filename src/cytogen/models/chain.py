@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from cytogen.models.blocks import FINAL_ACTIVATIONS
+from cytogen.models.blocks import FINAL_ACTIVATIONS, check_generator_input
 from cytogen.models.registry import register_model
 from cytogen.models.unet import UNet
 
@@ -161,13 +161,7 @@ class UNetChain(nn.Module):
         self.size_multiple: tuple[int, ...] = self.stages[0].size_multiple
 
     def _check_input(self, x: Tensor) -> None:
-        if x.ndim != self.dims + 2:
-            axes = "(B, C, Y, X)" if self.dims == 2 else "(B, C, Z, Y, X)"
-            raise ValueError(f"UNetChain(dims={self.dims}) expects a {axes} tensor, got "
-                             f"shape {tuple(x.shape)}")
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"UNetChain expects {self.in_channels} input channel(s), got "
-                             f"{x.shape[1]} (shape {tuple(x.shape)})")
+        check_generator_input(self, x)
 
     def forward_all(self, x: Tensor) -> list[Tensor]:
         """Run every stage and return all their outputs (for deep supervision).

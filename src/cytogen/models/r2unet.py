@@ -13,9 +13,9 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from cytogen.models.blocks import (
-    FINAL_ACTIVATIONS,
     Down,
     EncoderDecoder,
+    validate_unet_args,
     Up,
     conv_nd,
     make_activation,
@@ -198,22 +198,10 @@ class R2UNet(EncoderDecoder):
         pool_z: bool = True,
     ) -> None:
         super().__init__()
-        if dims not in (2, 3):
-            raise ValueError(f"dims must be 2 or 3, got {dims!r}")
-        for label, value in (("in_channels", in_channels), ("out_channels", out_channels),
-                             ("base_channels", base_channels), ("max_channels", max_channels)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{label} must be a positive integer, got {value!r}")
-        if not isinstance(depth, int) or depth < 0:
-            raise ValueError(f"depth must be a non-negative integer, got {depth!r}")
-        if final_activation == "none":
-            final_activation = None
-        if final_activation not in FINAL_ACTIVATIONS:
-            raise ValueError(
-                f"final_activation must be one of {FINAL_ACTIVATIONS}, got {final_activation!r}"
-            )
-        if not pool_z and dims != 3:
-            raise ValueError("pool_z=False only applies to dims=3")
+        final_activation = validate_unet_args(
+            dims=dims, depth=depth, final_activation=final_activation, pool_z=pool_z,
+            in_channels=in_channels, out_channels=out_channels, base_channels=base_channels,
+            max_channels=max_channels)
 
         self.in_channels = in_channels
         self.out_channels = out_channels

@@ -17,7 +17,7 @@ import torch
 from cytogen.losses.adversarial import adversarial_loss
 from cytogen.models.discriminators import build_discriminator
 from cytogen.tasks.gan import _silence_step_counter, build_generator, clip
-from cytogen.tasks.translate import check_finite, lr_lambda, pearson_per_sample
+from cytogen.tasks.translate import check_finite, pearson_per_sample, with_schedules
 
 
 class ImagePool:
@@ -130,8 +130,4 @@ class CycleGANTask(L.LightningModule):
                                  lr=o["lr"], betas=betas)
         opt_d = torch.optim.Adam(list(self.disc_a.parameters()) + list(self.disc_b.parameters()),
                                  lr=g["d_lr"], betas=tuple(g["d_betas"]))
-        fn = lr_lambda(o, int(self.hparams.max_steps))
-        if fn is None:
-            return [opt_g, opt_d]
-        return [opt_g, opt_d], [torch.optim.lr_scheduler.LambdaLR(opt_g, fn),
-                                torch.optim.lr_scheduler.LambdaLR(opt_d, fn)]
+        return with_schedules([opt_g, opt_d], o, int(self.hparams.max_steps))

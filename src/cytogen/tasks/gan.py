@@ -20,7 +20,7 @@ from cytogen.losses import get_loss
 from cytogen.losses.adversarial import EMA, adversarial_loss, r1_penalty, soft_noisy_labels
 from cytogen.models import build_model
 from cytogen.models.discriminators import build_discriminator
-from cytogen.tasks.translate import check_finite, lr_lambda, pearson_per_sample
+from cytogen.tasks.translate import check_finite, pearson_per_sample, with_schedules
 
 
 def _silence_step_counter(opt: Any) -> None:
@@ -145,11 +145,7 @@ class GANTranslateTask(L.LightningModule):
         opt_g = torch.optim.Adam(self.net.parameters(), lr=o["lr"], betas=tuple(o.get("betas", (0.5, 0.999))),
                                  weight_decay=o.get("weight_decay", 0.0))
         opt_d = torch.optim.Adam(self.disc.parameters(), lr=g["d_lr"], betas=tuple(g["d_betas"]))
-        fn = lr_lambda(o, int(self.hparams.max_steps))
-        if fn is None:
-            return [opt_g, opt_d]
-        return [opt_g, opt_d], [torch.optim.lr_scheduler.LambdaLR(opt_g, fn),
-                                torch.optim.lr_scheduler.LambdaLR(opt_d, fn)]
+        return with_schedules([opt_g, opt_d], o, int(self.hparams.max_steps))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.ema is not None:

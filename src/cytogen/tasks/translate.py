@@ -58,6 +58,14 @@ def lr_lambda(cfg: dict[str, Any], max_steps: int) -> Callable[[int], float] | N
     return factor
 
 
+def with_schedules(optimizers: list[torch.optim.Optimizer], cfg: dict[str, Any], max_steps: int) -> Any:
+    """``configure_optimizers`` return value: the optimisers, with the same per-step schedule each."""
+    fn = lr_lambda(cfg, max_steps)
+    if fn is None:
+        return optimizers
+    return optimizers, [torch.optim.lr_scheduler.LambdaLR(o, fn) for o in optimizers]
+
+
 class TranslateTask(L.LightningModule):
     """Train a generator to regress the target from the source.
 

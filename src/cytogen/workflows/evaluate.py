@@ -17,7 +17,8 @@ from cytogen.evaluate.pixel import METRICS, image_metrics, summarize
 from cytogen.io.images import read_image, read_spec, stack_channels
 
 
-def _find_prediction(pred_dir: Path, name: str) -> Path | None:
+def find_prediction(pred_dir: Path, name: str) -> Path | None:
+    """The prediction file ``PRED/<name>.<suffix>`` for a field, or None."""
     for suffix in (".tif", ".tiff", ".ome.tif", ".ome.zarr", ".zarr", ".png"):
         p = pred_dir / f"{name}{suffix}"
         if p.exists():
@@ -60,7 +61,7 @@ def evaluate_pixels(pred: str | Path, truth: str | Path, out: str | Path, *,
     entries = [e for e in read_manifest(truth) if split in (None, "all") or e.split == split]
     rows, missing = [], []
     for e in entries:
-        p = _find_prediction(pred_dir, e.name)
+        p = find_prediction(pred_dir, e.name)
         if p is None:
             missing.append(e.name)
             continue

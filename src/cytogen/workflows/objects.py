@@ -29,8 +29,10 @@ from cytogen.evaluate.markers import detect_markers, marker_errors
 from cytogen.evaluate.matching import match_bboxes, match_centroids
 from cytogen.evaluate.objects import as_labels, measure_objects, segment_nuclei
 from cytogen.evaluate.stats import (binom_log10_sf, chance_probability_image,
-                                    chance_probability_region, fraction_within, mean_chance)
+                                    chance_probability_region, clopper_pearson, fraction_within,
+                                    mean_chance)
 from cytogen.io.images import Image, read_image, read_spec, stack_channels
+from cytogen.workflows.evaluate import find_prediction
 
 
 @dataclass
@@ -62,13 +64,6 @@ class FieldPair:
     source: Image | None = None
 
 
-def _prediction_path(pred_dir: Path, name: str) -> Path | None:
-    for suffix in (".tif", ".tiff", ".ome.tif", ".ome.zarr", ".zarr", ".png"):
-        if (pred_dir / f"{name}{suffix}").exists():
-            return pred_dir / f"{name}{suffix}"
-    return None
-
-
 def collect_pairs(pred: Path, truth: Path, split: str | None = None) -> list[FieldPair]:
     """Pair predictions with truths from a manifest (targets) or a folder (same file names)."""
     if not pred.is_dir():
@@ -79,14 +74,14 @@ def collect_pairs(pred: Path, truth: Path, split: str | None = None) -> list[Fie
             if p.name.startswith("."):
                 continue
             name = p.name.split(".")[0]
-            q = _prediction_path(pred, name)
+            q = find_prediction(pred, name)
             if q is not None:
                 pairs.append(FieldPair(name, read_image(p), read_image(q)))
     else:
         for e in read_manifest(truth):
             if split not in (None, "all") and e.split != split:
                 continue
-            q = _prediction_path(pred, e.name)
+            q = find_prediction(pred, e.name)
             if q is None:
                 continue
             pairs.append(FieldPair(e.name, stack_channels([read_spec(s) for s in e.target]),
@@ -283,8 +278,6 @@ def _summary(fields, field_rows, obj_rows, radii, succ, p_img, p_reg, n_true, n_
             "chance_image": pi, "log10_p_image": binom_log10_sf(fw["k"], fw["n"], pi) if np.isfinite(pi) else None,
             "chance_region": pr, "log10_p_region": binom_log10_sf(fw["k"], fw["n"], pr) if np.isfinite(pr) else None,
         })
-    from cytogen.evaluate.stats import clopper_pearson
-
     rec_ci = clopper_pearson(n_matched, n_true) if n_true else (float("nan"),) * 2
     prec_ci = clopper_pearson(n_matched, n_pred) if n_pred else (float("nan"),) * 2
     summary = {
