@@ -16,8 +16,8 @@ import torch
 
 from cytogen.losses.adversarial import adversarial_loss
 from cytogen.models.discriminators import build_discriminator
-from cytogen.tasks.gan import _silence_step_counter, build_generator, clip
-from cytogen.tasks.translate import check_finite, pearson_per_sample, with_schedules
+from cytogen.tasks.gan import _silence_step_counter, build_generator, update
+from cytogen.tasks.translate import pearson_per_sample, with_schedules
 
 
 class ImagePool:
@@ -92,21 +92,13 @@ class CycleGANTask(L.LightningModule):
         if self.same_channels and g["identity_weight"] > 0:
             idt = (self.net(b) - b).abs().mean() + (self.net_ba(a) - a).abs().mean()
             loss_g = loss_g + g["identity_weight"] * g["cycle_weight"] * idt
-        check_finite(loss_g, int(self.global_step), "generator loss")
-        opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(loss_g)
-        clip(self, opt_g)
-        opt_g.step()
+        update(self, opt_g, loss_g, "generator loss")
         self.untoggle_optimizer(opt_g)
 
         self.toggle_optimizer(opt_d)
         loss_d = 0.5 * (self.d_loss_fn(self.disc_a(None, a), self.disc_a(None, self.pool_a.query(fake_a)))
                         + self.d_loss_fn(self.disc_b(None, b), self.disc_b(None, self.pool_b.query(fake_b))))
-        check_finite(loss_d, int(self.global_step), "discriminator loss")
-        opt_d.zero_grad(set_to_none=True)
-        self.manual_backward(loss_d)
-        clip(self, opt_d)
-        opt_d.step()
+        update(self, opt_d, loss_d, "discriminator loss")
         self.untoggle_optimizer(opt_d)
         for sched in self.lr_schedulers() or []:
             sched.step()

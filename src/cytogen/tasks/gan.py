@@ -39,6 +39,15 @@ def clip(task: L.LightningModule, opt: Any) -> None:
         task.clip_gradients(opt, gradient_clip_val=value, gradient_clip_algorithm="norm")
 
 
+def update(task: L.LightningModule, opt: Any, loss: torch.Tensor, name: str) -> None:
+    """One optimiser step under manual optimisation: NaN guard, backward, optional clip, step."""
+    check_finite(loss, int(task.global_step), name)
+    opt.zero_grad(set_to_none=True)
+    task.manual_backward(loss)
+    clip(task, opt)
+    opt.step()
+
+
 def build_generator(model: dict[str, Any]) -> torch.nn.Module:
     """Generator from an architecture dict (name, dims, in/out channels, kwargs)."""
     return build_model(model["name"], in_channels=model["in_channels"], out_channels=model["out_channels"],
@@ -108,22 +117,14 @@ class GANTranslateTask(L.LightningModule):
         loss_d = self.d_loss_fn(d_real, d_fake, real_lab, fake_lab)
         if g.get("r1_gamma", 0) > 0:
             loss_d = loss_d + 0.5 * g["r1_gamma"] * r1_penalty(d_real, real_in)
-        check_finite(loss_d, int(self.global_step), "discriminator loss")
-        opt_d.zero_grad(set_to_none=True)
-        self.manual_backward(loss_d)
-        clip(self, opt_d)
-        opt_d.step()
+        update(self, opt_d, loss_d, "discriminator loss")
         self.untoggle_optimizer(opt_d)
 
         self.toggle_optimizer(opt_g)
         loss_adv = self.g_loss_fn(self.disc(src, fake))
         loss_rec = self.recon(fake, tgt, mask)
         loss_g = g["adv_weight"] * loss_adv + g["recon_weight"] * loss_rec
-        check_finite(loss_g, int(self.global_step), "generator loss")
-        opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(loss_g)
-        clip(self, opt_g)
-        opt_g.step()
+        update(self, opt_g, loss_g, "generator loss")
         self.untoggle_optimizer(opt_g)
         for sched in self.lr_schedulers() or []:
             sched.step()
