@@ -53,15 +53,51 @@ def _cmd_manifest(a: argparse.Namespace) -> None:
 def _cmd_train(a: argparse.Namespace) -> None:
     from cytogen.workflows.train import train
 
-    s = train(a.recipe, a.data, a.out, overrides=a.set, max_steps=a.max_steps, resume=a.resume)
-    print(json.dumps(s))
+    s = train(a.recipe, a.data, a.out, overrides=(a.set or []) + _speed_overrides(a),
+              max_steps=a.max_steps, resume=a.resume)
+    if "rank" not in s:  # other DDP ranks stay quiet
+        print(json.dumps(s))
+
+
+def _speed_overrides(a: argparse.Namespace) -> list[str]:
+    """Recipe overrides for the hardware flags of ``train`` (flags win over ``--set``)."""
+    out = []
+    for flag, key in (("precision", "precision"), ("accelerator", "accelerator"), ("devices", "devices"),
+                      ("num_nodes", "num_nodes"), ("strategy", "strategy")):
+        value = getattr(a, flag, None)
+        if value is not None:
+            out.append(f"train.{key}={value}")
+    if getattr(a, "no_fast", False):
+        out.append("train.fast=false")
+    if getattr(a, "compile", False):
+        out.append("train.compile=true")
+    return out
+
+
+def _add_speed_flags(p: argparse.ArgumentParser, training: bool) -> None:
+    g = p.add_argument_group("speed and hardware")
+    g.add_argument("--precision", default=None,
+                   help="auto (default: bf16 autocast where supported and faster, else float32), "
+                        "32, bf16-mixed or 16-mixed (GPU)")
+    g.add_argument("--no-fast", action="store_true",
+                   help="plain float32 in the default memory layout (bit-exact reference runs)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the network (slow first steps, faster afterwards)")
+    g.add_argument("--accelerator", default=None, help="auto (default), cpu, gpu")
+    if training:
+        g.add_argument("--devices", default=None,
+                       help="devices per node: 1 (default), N, -1 for all, or a list like 0,1")
+        g.add_argument("--num-nodes", type=int, default=None, help="machines (DDP across nodes)")
+        g.add_argument("--strategy", default=None,
+                       help="Lightning strategy: auto (default), ddp, ddp_spawn, fsdp, ...")
 
 
 def _cmd_predict(a: argparse.Namespace) -> None:
     from cytogen.workflows.predict import predict
 
     written = predict(a.model, a.out, files=a.files or None, data=a.data, split=a.split,
-                      tile=a.tile, overlap=a.overlap, batch_size=a.batch_size, blend=a.blend)
+                      tile=a.tile, overlap=a.overlap, batch_size=a.batch_size, blend=a.blend,
+                      output_format=a.output_format)
     print(f"wrote {len(written)} prediction(s) to {a.out}")
 
 
@@ -159,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-steps", type=int, default=None)
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe key")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    _add_speed_flags(t, training=True)
     t.set_defaults(func=_cmd_train)
 
     pr = sub.add_parser("predict", help="predict target channels for images of any size")
@@ -171,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--overlap", type=float, default=0.25)
     pr.add_argument("--batch-size", type=int, default=4)
     pr.add_argument("--blend", choices=("gaussian", "linear", "constant"), default="gaussian")
+    pr.add_argument("--output-format", choices=("tif", "ome-zarr"), default=None,
+                    help="tif: predict in memory; ome-zarr: stream strip by strip with bounded "
+                         "memory (default: ome-zarr for .zarr inputs, else tif)")
     pr.set_defaults(func=_cmd_predict)
 
     e = sub.add_parser("evaluate", help="score predictions")

@@ -42,7 +42,7 @@ class DataConfig:
     percentiles: list[float] = field(default_factory=lambda: [1.0, 99.8])
     augment: bool = True
     foreground_bias: float = 0.5
-    num_workers: int = 0
+    num_workers: int = -1
 
 
 @dataclass
@@ -100,9 +100,13 @@ class TrainConfig:
     max_time_min: float | None = None
     val_every: int = 100
     seed: int = 0
-    precision: str = "32"
+    precision: str = "auto"
+    fast: bool = True
+    compile: bool = False
     accelerator: str = "auto"
     devices: int | str = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
     log_every: int = 10
     export: str = "best"
     checkpoint_every: int = 50
@@ -292,6 +296,16 @@ def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
             raise CytogenError(f"{source}: data.{key} must be >= 1")
     if recipe.train.max_steps < 1:
         raise CytogenError(f"{source}: train.max_steps must be >= 1")
+    if recipe.data.num_workers < -1:
+        raise CytogenError(f"{source}: data.num_workers must be >= 0, or -1 to choose automatically")
+    if recipe.train.num_nodes < 1:
+        raise CytogenError(f"{source}: train.num_nodes must be >= 1")
+    from cytogen.runtime.settings import normalize_precision
+
+    try:
+        recipe.train.precision = normalize_precision(recipe.train.precision)
+    except CytogenError as exc:
+        raise CytogenError(f"{source}: train.{exc}") from None
     return recipe
 
 

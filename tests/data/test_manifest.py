@@ -117,3 +117,21 @@ def test_real_sbs_pairing_row_g_is_test(shared_data, tmp_path):
     assert len(test) == 12 and all("-G-" in e.name for e in test)
     for e in entries:
         assert Path(e.source[0]).name.replace("Channel1", "Channel2") == Path(e.target[0]).name
+
+
+def test_epoch_sampler_shards_disjointly_and_resumes_per_rank() -> None:
+    from cytogen.data.sampling import EpochSampler
+
+    shards = [EpochSampler(10, rank=r, world=2) for r in range(2)]
+    for s in shards:
+        s.set_epoch(3)
+    got = [list(s) for s in shards]
+    assert [len(g) for g in got] == [5, 5] and len(shards[0]) == 5
+    assert not set(got[0]) & set(got[1]) and set(got[0]) | set(got[1]) == set(range(30, 40))
+    single = EpochSampler(10)
+    single.set_epoch(3)
+    assert list(single) == list(range(30, 40))
+    odd = EpochSampler(7, rank=1, world=2)
+    assert list(odd) == [1, 3, 5]  # equal counts per rank: the leftover item is dropped
+    shards[1].resume(3, 2)  # two samples of this rank already consumed
+    assert list(shards[1]) == got[1][2:]

@@ -17,6 +17,7 @@ import torch
 from cytogen.losses.adversarial import adversarial_loss
 from cytogen.models.discriminators import build_discriminator
 from cytogen.tasks.gan import _silence_step_counter, build_generator, update
+from cytogen.tasks.layout import MemoryFormatMixin
 from cytogen.tasks.translate import pearson_per_sample, with_schedules
 
 
@@ -51,7 +52,7 @@ class ImagePool:
         return torch.cat(out, 0)
 
 
-class CycleGANTask(L.LightningModule):
+class CycleGANTask(MemoryFormatMixin, L.LightningModule):
     """Unpaired translation A (source) <-> B (target); see module docstring."""
 
     def __init__(self, model: dict[str, Any], discriminator: dict[str, Any], loss: dict[str, Any],
@@ -111,9 +112,9 @@ class CycleGANTask(L.LightningModule):
         n = a.shape[0]
         # With paired validation fields this measures A -> B directly; the cycle error is
         # meaningful for unpaired data too.
-        self.log("val_loss", (pred - b).abs().mean(), prog_bar=True, batch_size=n)
-        self.log("val_cycle", (self.net_ba(pred) - a).abs().mean(), batch_size=n)
-        self.log("val_pearson", pearson_per_sample(pred, b).mean(), batch_size=n)
+        self.log("val_loss", (pred - b).abs().mean(), prog_bar=True, batch_size=n, sync_dist=True)
+        self.log("val_cycle", (self.net_ba(pred) - a).abs().mean(), batch_size=n, sync_dist=True)
+        self.log("val_pearson", pearson_per_sample(pred, b).mean(), batch_size=n, sync_dist=True)
 
     def configure_optimizers(self) -> Any:
         o, g = self.hparams.optim, self.hparams.gan

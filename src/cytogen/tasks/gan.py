@@ -20,6 +20,7 @@ from cytogen.losses import get_loss
 from cytogen.losses.adversarial import EMA, adversarial_loss, r1_penalty, soft_noisy_labels
 from cytogen.models import build_model
 from cytogen.models.discriminators import build_discriminator
+from cytogen.tasks.layout import MemoryFormatMixin
 from cytogen.tasks.translate import check_finite, pearson_per_sample, with_schedules
 
 
@@ -54,7 +55,7 @@ def build_generator(model: dict[str, Any]) -> torch.nn.Module:
                        dims=model["dims"], **model.get("kwargs", {}))
 
 
-class GANTranslateTask(L.LightningModule):
+class GANTranslateTask(MemoryFormatMixin, L.LightningModule):
     """Paired source -> target translation with a conditional discriminator.
 
     Parameters
@@ -137,9 +138,9 @@ class GANTranslateTask(L.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         pred = self.generator()(batch["source"])
         n = pred.shape[0]
-        self.log("val_loss", self.recon(pred, batch["target"], batch.get("mask")), prog_bar=True, batch_size=n)
-        self.log("val_l1", (pred - batch["target"]).abs().mean(), batch_size=n)
-        self.log("val_pearson", pearson_per_sample(pred, batch["target"]).mean(), batch_size=n)
+        self.log("val_loss", self.recon(pred, batch["target"], batch.get("mask")), prog_bar=True, batch_size=n, sync_dist=True)
+        self.log("val_l1", (pred - batch["target"]).abs().mean(), batch_size=n, sync_dist=True)
+        self.log("val_pearson", pearson_per_sample(pred, batch["target"]).mean(), batch_size=n, sync_dist=True)
 
     def configure_optimizers(self) -> Any:
         o, g = self.hparams.optim, self.hparams.gan

@@ -10,6 +10,7 @@ import torch
 
 from cytogen.losses import get_loss
 from cytogen.models import build_model
+from cytogen.tasks.layout import MemoryFormatMixin
 
 
 class NonFiniteLossError(RuntimeError):
@@ -66,7 +67,7 @@ def with_schedules(optimizers: list[torch.optim.Optimizer], cfg: dict[str, Any],
     return optimizers, [torch.optim.lr_scheduler.LambdaLR(o, fn) for o in optimizers]
 
 
-class TranslateTask(L.LightningModule):
+class TranslateTask(MemoryFormatMixin, L.LightningModule):
     """Train a generator to regress the target from the source.
 
     Parameters
@@ -76,7 +77,8 @@ class TranslateTask(L.LightningModule):
     loss
         ``{"name": "l1"|"mse"|"masked_l1", "alpha": float}``.
     optim
-        ``{"name": "adam"|"adamw", "lr", "weight_decay", "betas", "scheduler", "warmup_steps"}``.
+        ``{"name": "adam"|"adamw", "lr", "weight_decay", "betas", "scheduler", "warmup_steps"}``,
+        optionally ``"fused": True`` for the fused (single-kernel) optimiser step.
     max_steps
         Length of the run, for the cosine schedule.
     """
@@ -109,15 +111,15 @@ class TranslateTask(L.LightningModule):
         pred = self.net(batch["source"])
         n = pred.shape[0]
         self.log("val_loss", self.loss_fn(pred, batch["target"], batch.get("mask")),
-                 prog_bar=True, batch_size=n)
-        self.log("val_l1", (pred - batch["target"]).abs().mean(), batch_size=n)
-        self.log("val_pearson", pearson_per_sample(pred, batch["target"]).mean(), batch_size=n)
+                 prog_bar=True, batch_size=n, sync_dist=True)
+        self.log("val_l1", (pred - batch["target"]).abs().mean(), batch_size=n, sync_dist=True)
+        self.log("val_pearson", pearson_per_sample(pred, batch["target"]).mean(), batch_size=n, sync_dist=True)
 
     def configure_optimizers(self) -> Any:
         cfg = self.hparams.optim
         cls = torch.optim.AdamW if cfg.get("name", "adamw") == "adamw" else torch.optim.Adam
         opt = cls(self.parameters(), lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0),
-                  betas=tuple(cfg.get("betas", (0.9, 0.999))))
+                  betas=tuple(cfg.get("betas", (0.9, 0.999))), fused=cfg.get("fused") or None)
         fn = lr_lambda(cfg, int(self.hparams.max_steps))
         if fn is None:
             return opt

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from dataclasses import asdict
@@ -26,9 +27,15 @@ from cytogen.data.manifest import read_manifest
 from cytogen.data.normalize import Normalizer
 from cytogen.errors import CytogenError
 from cytogen.predict.model_folder import save_model_folder
+from cytogen.runtime import RuntimeSettings, resolve_runtime
 from cytogen.tasks import build_task
 from cytogen.tasks.translate import NonFiniteLossError
-from cytogen.workflows.train_support import AtomicCheckpointIO, CleanProgressBar, ExactResume
+from cytogen.workflows.train_support import (
+    AtomicCheckpointIO,
+    CleanProgressBar,
+    ExactResume,
+    RankAgreement,
+)
 
 
 def channel_names(img_names: list[str] | None, specs: list[str], n: int) -> list[str]:
@@ -67,6 +74,50 @@ def _csv_version(run: Path) -> str:
     while (run / "logs" / ("csv" if n == 0 else f"csv_{n}") / "metrics.csv").exists():
         n += 1
     return "csv" if n == 0 else f"csv_{n}"
+
+
+def _local_processes(devices: int | str, device: str) -> int:
+    """Training processes this node runs (for sizing CPU thread pools)."""
+    if isinstance(devices, int) and devices > 0:
+        return devices
+    if isinstance(devices, str) and devices.strip().isdigit():
+        return max(1, int(devices))
+    if isinstance(devices, str) and "," in devices:
+        return len([d for d in devices.split(",") if d.strip()])
+    return torch.cuda.device_count() if device == "cuda" else 1
+
+
+def _is_rank_zero() -> bool:
+    """True in the process that writes outputs (before the process group exists too)."""
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
+def runtime_for(rec: Recipe) -> RuntimeSettings:
+    """Resolve a recipe's speed keys (``train.precision/fast/compile``) on this machine."""
+    device_guess = "cuda" if rec.train.accelerator in ("gpu", "cuda") or (
+        rec.train.accelerator == "auto" and torch.cuda.is_available()) else "cpu"
+    return resolve_runtime(rec.train.precision, fast=rec.train.fast, compile=rec.train.compile,
+                           accelerator=rec.train.accelerator,
+                           processes_per_node=_local_processes(rec.train.devices, device_guess),
+                           num_workers=rec.data.num_workers)
+
+
+def fused_optimizer(settings: RuntimeSettings) -> bool:
+    """Use the fused (single-kernel) Adam/AdamW step on the fast path."""
+    return settings.channels_last and settings.device in ("cpu", "cuda")
+
+
+def speed_up_task(task: L.LightningModule, settings: RuntimeSettings, dims: int) -> None:
+    """Apply channels-last and (when asked) ``torch.compile`` to a task's networks in place.
+
+    Compilation uses ``nn.Module.compile``, so checkpoints keep the plain parameter names.
+    """
+    task.memory_format = settings.memory_format(dims)
+    if settings.compile:
+        for name in ("net", "disc", "net_ba", "disc_a", "disc_b"):
+            module = getattr(task, name, None)
+            if isinstance(module, torch.nn.Module):
+                module.compile()
 
 
 def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path, *,
@@ -122,14 +173,21 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
     train_fields = prepare_fields(train_raw, src_norm, tgt_norm, patch, mask_mode=mask_mode)
     val_fields = prepare_fields(val_raw, src_norm, tgt_norm, patch, mask_mode=mask_mode)
 
+    settings = runtime_for(rec)
+    settings.apply()
+    if progress and _is_rank_zero():
+        for note in settings.notes:
+            print(f"note: {note}", file=sys.stderr)
+
     L.seed_everything(rec.train.seed, workers=True, verbose=False)
     train_ds = RandomPatches(train_fields, patch, rec.data.patches_per_epoch, augment=rec.data.augment,
                              fg_bias=rec.data.foreground_bias, seed=rec.train.seed,
                              unpaired=rec.task == "cyclegan")
     val_ds = RandomPatches(val_fields, patch, rec.data.val_patches, augment=False,
                            fg_bias=rec.data.foreground_bias, seed=rec.train.seed + 10_000)
-    loader_kw = dict(batch_size=rec.data.batch_size, num_workers=rec.data.num_workers,
-                     persistent_workers=rec.data.num_workers > 0)
+    loader_kw = dict(batch_size=rec.data.batch_size, num_workers=settings.num_workers,
+                     persistent_workers=settings.num_workers > 0,
+                     pin_memory=settings.device == "cuda")
     sampler = EpochSampler(len(train_ds))
     train_dl = ResumableLoader(train_ds, sampler=sampler, drop_last=True, **loader_kw)
     val_dl = DataLoader(val_ds, shuffle=False, **loader_kw)
@@ -139,25 +197,31 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
     arch = {"name": rec.model.name, "dims": dims, "in_channels": c_in, "out_channels": c_out,
             "kwargs": dict(rec.model.kwargs)}
     optim = {"name": rec.optim.name, "lr": rec.optim.lr, "weight_decay": rec.optim.weight_decay,
-             "betas": rec.optim.betas, "scheduler": rec.optim.scheduler, "warmup_steps": rec.optim.warmup_steps}
+             "betas": rec.optim.betas, "scheduler": rec.optim.scheduler, "warmup_steps": rec.optim.warmup_steps,
+             "fused": fused_optimizer(settings)}
     task = build_task(rec.task, arch, {"name": rec.discriminator.name, "kwargs": dict(rec.discriminator.kwargs)},
                       {"name": rec.loss.name, "alpha": rec.loss.alpha}, optim, asdict(rec.gan),
                       max_steps=rec.train.max_steps, grad_clip=rec.train.grad_clip)
+    speed_up_task(task, settings, dims)
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "recipe.yaml").write_text(yaml.safe_dump(rec.to_dict(), sort_keys=False))
+    if _is_rank_zero():
+        (out / "recipe.yaml").write_text(yaml.safe_dump(rec.to_dict(), sort_keys=False))
+        settings.write(out / "runtime.json")
     ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_loss", mode="min",
                            save_top_k=1, save_last=False)
     periodic = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=0, save_last=True,
                                every_n_train_steps=max(1, rec.train.checkpoint_every))
-    callbacks: list[Callback] = [ckpt, periodic, ExactResume(sampler, rec.data.batch_size)]
+    agreement = RankAgreement()
+    callbacks: list[Callback] = [ckpt, periodic, ExactResume(sampler, rec.data.batch_size), agreement]
     if progress:
         callbacks.append(CleanProgressBar(refresh_rate=5))
     trainer = L.Trainer(
         default_root_dir=out, max_steps=rec.train.max_steps,
         max_time={"minutes": rec.train.max_time_min} if rec.train.max_time_min else None,
         val_check_interval=min(rec.train.val_every, rec.train.max_steps), check_val_every_n_epoch=None,
-        accelerator=rec.train.accelerator, devices=rec.train.devices, precision=rec.train.precision,
+        accelerator=rec.train.accelerator, devices=rec.train.devices, num_nodes=rec.train.num_nodes,
+        strategy=rec.train.strategy, precision=settings.precision, use_distributed_sampler=False,
         logger=[CSVLogger(out, name="logs", version=_csv_version(out)),
                 TensorBoardLogger(out, name="logs", version="tensorboard")],
         callbacks=callbacks, enable_progress_bar=progress, enable_model_summary=False,
@@ -177,10 +241,16 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
             "or check the data for extreme values, then run again (with --resume to continue)"
         ) from None
     train_s = time.perf_counter() - t0
+    in_sync = len(set(agreement.digests)) == 1
+    if not trainer.is_global_zero:
+        return {"run": str(out), "rank": trainer.global_rank, "weights_sha256": agreement.digests}
+    if not in_sync:
+        warnings.warn(f"{out}: DDP ranks ended with different weights ({agreement.digests}); "
+                      "the exported model is rank 0's", stacklevel=2)
     best_path = (ckpt.best_model_path if rec.train.export == "best" else "") or str(last)
     state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
     task.load_state_dict(state)
-    net = task.generator().float().eval()
+    net = task.generator().float().eval().to(memory_format=torch.contiguous_format)
 
     px = next((list(rf.source.pixel_size_um) for rf in train_raw if rf.source.pixel_size_um), None)
     rf0 = train_raw[0]
@@ -195,7 +265,11 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
         "run": str(out), "steps": int(trainer.global_step), "train_seconds": round(train_s, 1),
         "best_val_loss": float(ckpt.best_model_score) if ckpt.best_model_score is not None else None,
         "best_checkpoint": best_path, "n_train_fields": len(train_raw), "n_val_fields": len(val_raw),
-        "model": str(out / "model"),
+        "model": str(out / "model"), "world_size": int(trainer.world_size),
+        "ranks_weights_sha256": agreement.digests, "ranks_in_sync": in_sync,
+        "precision": settings.precision, "channels_last": settings.channels_last,
+        "compile": settings.compile, "images_per_second": round(
+            int(trainer.global_step) * rec.data.batch_size * int(trainer.world_size) / max(train_s, 1e-9), 2),
     }
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     _plot_losses(out)

@@ -1,7 +1,9 @@
-"""Lightning plumbing for ``cytogen train``: atomic checkpoints, exact resume, a clean progress bar."""
+"""Lightning plumbing for ``cytogen train``: atomic checkpoints, exact resume, a clean progress bar,
+and a check that DDP ranks end with identical weights."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -75,3 +77,33 @@ class CleanProgressBar(TQDMProgressBar):
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)
         return metrics
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """SHA-256 of a module's parameters and buffers (names, shapes and exact values)."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes() if t.dtype != torch.bfloat16
+                 else t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class RankAgreement(Callback):
+    """After training, gather every rank's weight digest (DDP must leave them identical).
+
+    ``digests`` holds one SHA-256 per rank (just rank 0's in a single process).
+    """
+
+    def __init__(self) -> None:
+        self.digests: list[str] = []
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        mine = weights_digest(pl_module)
+        if trainer.world_size > 1 and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * trainer.world_size
+            torch.distributed.all_gather_object(gathered, mine)
+            self.digests = [str(d) for d in gathered]
+        else:
+            self.digests = [mine]
