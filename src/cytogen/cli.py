@@ -97,7 +97,8 @@ def _cmd_predict(a: argparse.Namespace) -> None:
 
     written = predict(a.model, a.out, files=a.files or None, data=a.data, split=a.split,
                       tile=a.tile, overlap=a.overlap, batch_size=a.batch_size, blend=a.blend,
-                      output_format=a.output_format)
+                      output_format=a.output_format, precision=a.precision or "auto",
+                      fast=not a.no_fast, compile=a.compile, accelerator=a.accelerator or "auto")
     print(f"wrote {len(written)} prediction(s) to {a.out}")
 
 
@@ -211,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--output-format", choices=("tif", "ome-zarr"), default=None,
                     help="tif: predict in memory; ome-zarr: stream strip by strip with bounded "
                          "memory (default: ome-zarr for .zarr inputs, else tif)")
+    _add_speed_flags(pr, training=False)
     pr.set_defaults(func=_cmd_predict)
 
     e = sub.add_parser("evaluate", help="score predictions")

@@ -195,3 +195,165 @@ def test_bad_arguments_raise_cytogen_error(kwargs):
     fn, image = args.pop("fn"), args.pop("image")
     with pytest.raises(CytogenError):
         predict_tiled(fn, image, **args)
+
+
+# ------------------------------------------------------------------ strip-wise accumulation
+STRIP_CASES = [
+    # (image shape, tile, size_multiple, overlap, margin, batch_size)
+    ((2, 137, 91), (32, 32), 1, 0.25, 0, 3),
+    ((1, 301, 45), (64, 16), 16, (5, 3), 2, 7),
+    ((1, 17, 200), (64, 64), 16, 0.5, 1, 2),
+    ((2, 29, 40, 37), (8, 16, 16), (1, 16, 16), 0.25, 1, 3),
+    ((1, 5, 9, 11), (8, 8, 8), 4, 0.5, 0, 100),
+]
+
+
+@pytest.mark.parametrize("shape,tile,mult,overlap,margin,batch_size", STRIP_CASES)
+def test_sink_blocks_are_ordered_cover_once_and_equal_the_array(shape, tile, mult, overlap,
+                                                                margin, batch_size):
+    img = np.random.default_rng(6).normal(size=shape).astype(np.float32)
+    kw = dict(tile=tile, overlap=overlap, size_multiple=mult, margin=margin,
+              batch_size=batch_size)
+    whole = predict_tiled(mean3, img, **kw)
+    blocks = []
+    assert predict_tiled(mean3, img, sink=lambda s, b: blocks.append((s, b.copy())), **kw) is None
+    starts = [s for s, _ in blocks]
+    ends = [s + b.shape[1] for s, b in blocks]
+    assert starts[0] == 0 and ends[-1] == shape[1] and starts[1:] == ends[:-1]
+    assert all(b.dtype == np.float32 and b.shape[0] == shape[0] and b.shape[2:] == shape[2:]
+               for _, b in blocks)
+    np.testing.assert_array_equal(np.concatenate([b for _, b in blocks], axis=1), whole)
+    # and the same result as before strips existed: seams vanish away from the border
+    full = mean3(torch.from_numpy(img)[None])[0].numpy()
+    if margin:
+        inner = (slice(None),) + (slice(1, -1),) * (len(shape) - 1)
+        np.testing.assert_allclose(whole[inner], full[inner], atol=1e-5)
+
+
+class SyntheticImage:
+    """A lazily computed (C, Y, X) image that records the rows each read asks for."""
+
+    def __init__(self, shape):
+        self.shape, self.dtype, self.reads = shape, np.dtype(np.float32), []
+
+    def __getitem__(self, key):
+        ys = key[1]
+        self.reads.append((ys.start, ys.stop))
+        y = np.arange(*ys.indices(self.shape[1]), dtype=np.float32)[:, None]
+        xs = key[2] if len(key) > 2 else slice(None)
+        x = np.arange(*xs.indices(self.shape[2]), dtype=np.float32)
+        return np.broadcast_to(np.sin(y / 7.0) + np.cos(x / 5.0), (self.shape[0], *(y + x).shape))
+
+
+def _peak_streaming(rows):
+    import tracemalloc
+
+    image = SyntheticImage((1, rows, 200))
+    sums = []
+    tracemalloc.start()
+    predict_tiled(identity, image, tile=(64, 64), batch_size=8,
+                  sink=lambda s, b: sums.append(float(b.sum())))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return peak, image.reads, sum(sums)
+
+
+def test_streaming_memory_does_not_grow_with_image_length():
+    peak_short, _, _ = _peak_streaming(1500)
+    peak_long, reads, total = _peak_streaming(12000)
+    # 8x longer image: only the per-axis plan (weights, tile starts) grows, by far less than
+    # one output row (800 bytes) per row; the band and batch stay the same
+    assert (peak_long - peak_short) / (12000 - 1500) < 0.1 * 4 * 200
+    assert peak_long < 4 * 12000 * 200 / 10  # far below one float32 copy of the output
+    assert max(b - a for a, b in reads) <= 64  # input read one strip of tiles at a time
+    y = np.arange(12000, dtype=np.float32)[:, None]
+    expected = (np.sin(y / 7.0) + np.cos(np.arange(200, dtype=np.float32) / 5.0)).sum()
+    assert total == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_zarr_input_and_transforms_on_tiles_and_blocks(tmp_path):
+    import zarr
+
+    img = np.random.default_rng(7).random((2, 90, 70)).astype(np.float32)
+    before = img.copy()
+    arr = zarr.open_array(tmp_path / "a.zarr", mode="w", shape=img.shape, dtype="f4",
+                          chunks=(1, 32, 32))
+    arr[...] = img
+    seen = []
+
+    def transform(t):
+        seen.append(t.shape)
+        t *= 2.0  # in place on purpose: the input must not change
+        return t + 1.0
+
+    out = predict_tiled(identity, arr, tile=(32, 32), transform=transform,
+                        out_transform=lambda b: b - 1.0)
+    np.testing.assert_allclose(out, 2.0 * img, atol=1e-5)
+    assert set(seen) == {(2, 32, 32)}
+    out = predict_tiled(identity, img, tile=(32, 32), transform=transform)
+    np.testing.assert_allclose(out, 2.0 * img + 1.0, atol=1e-5)
+    np.testing.assert_array_equal(img, before)
+
+
+# ----------------------------------------------------------------------- OOM back-off
+def _failing_above(limit, exc_factory):
+    sizes = []
+
+    def fn(x):
+        sizes.append(x.shape[0])
+        if x.shape[0] > limit:
+            raise exc_factory()
+        return affine_1x1(x)
+
+    return fn, sizes
+
+
+@pytest.mark.parametrize("exc_factory", [
+    lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    lambda: RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: "
+                         "can't allocate memory: you tried to allocate 123456789 bytes."),
+    lambda: MemoryError(),
+])
+def test_oom_halves_the_batch_and_gives_the_same_result(exc_factory):
+    img = np.random.default_rng(8).normal(size=(2, 75, 61)).astype(np.float32)
+    ref = predict_tiled(affine_1x1, img, tile=(16, 16), batch_size=2)
+    fn, sizes = _failing_above(2, exc_factory)
+    with pytest.warns(RuntimeWarning, match="batch size 2") as record:
+        out = predict_tiled(fn, img, tile=(16, 16), batch_size=5)
+    np.testing.assert_array_equal(out, ref)
+    assert sizes[0] == 5 and set(sizes[2:]) <= {1, 2} and sizes.count(5) == 1
+    assert len([w for w in record if issubclass(w.category, RuntimeWarning)]) == 1
+
+
+def test_oom_at_batch_size_one_raises_tile_oom_error_and_other_errors_pass():
+    from cytogen.predict.oom import TileOOMError
+
+    img = np.zeros((1, 40, 40), np.float32)
+    fn, _ = _failing_above(0, lambda: torch.OutOfMemoryError("CUDA out of memory"))
+    with pytest.warns(RuntimeWarning), pytest.raises(TileOOMError) as info:
+        predict_tiled(fn, img, tile=(16, 16), batch_size=4)
+    assert isinstance(info.value, CytogenError) and info.value.tile == (16, 16)
+    assert "smaller tile" in str(info.value)
+    boom = RuntimeError("shape mismatch in layer 3")
+
+    def bad(x):
+        raise boom
+
+    with pytest.raises(RuntimeError) as info2:
+        predict_tiled(bad, img, tile=(16, 16))
+    assert info2.value is boom
+
+
+def test_is_oom_error_and_smaller_tile_known_answers():
+    from cytogen.predict.oom import is_oom_error, smaller_tile
+
+    assert is_oom_error(torch.OutOfMemoryError("x"))
+    assert is_oom_error(RuntimeError("CUDA out of memory. Tried to allocate"))
+    assert not is_oom_error(RuntimeError("size mismatch"))
+    assert not is_oom_error(ValueError("out of memory"))
+    assert smaller_tile((256, 256), (1000, 1000), 16) == (128, 128)
+    assert smaller_tile((512, 512), (300, 1000), 16) == (144, 256)  # 304 in use -> 152 -> 144
+    assert smaller_tile((48, 48), (1000, 1000), 16) == (32, 32)
+    assert smaller_tile((32, 32), (1000, 1000), 16) == (32, 32)  # cannot shrink further
+    assert smaller_tile((128, 128), (1000, 1000), 64) == (64, 64)  # never below the multiple
+    assert smaller_tile((8, 128, 128), (20, 500, 500), (1, 16, 16)) == (8, 64, 64)

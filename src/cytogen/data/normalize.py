@@ -8,10 +8,16 @@ pytorch_fnet does; ``none`` leaves values as they are.
 brightness changes between fields); ``scope="dataset"`` uses statistics fitted once on the
 training fields. Either way, :meth:`Normalizer.fit` stores dataset statistics, which
 :meth:`Normalizer.denormalize` uses to bring predictions back to intensity units.
+
+For images too large to load (streamed prediction), :meth:`Normalizer.stats_for_lazy` computes
+field statistics from a bounded subsample (:func:`spread_sample`: a regular lattice of at most
+about 4 million pixels per channel, read strip by strip), so the percentiles of a streamed
+image are estimates from that subsample rather than exact.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +26,8 @@ import numpy as np
 from cytogen.errors import CytogenError
 
 _EPS = 1e-6
+#: Pixels per channel that :meth:`Normalizer.stats_for_lazy` samples by default.
+LAZY_SAMPLE_PIXELS = 4_000_000
 
 
 def _channel_stats(x: np.ndarray, method: str, percentiles: tuple[float, float],
@@ -32,7 +40,8 @@ def _channel_stats(x: np.ndarray, method: str, percentiles: tuple[float, float],
         flat = flat[:, idx]
     flat = flat.astype(np.float64)
     if not np.all(np.isfinite(flat)):
-        raise CytogenError("image contains NaN or Inf pixels; clean or mask them before training")
+        raise CytogenError("image contains NaN or Inf pixels; clean or mask them before training "
+                           "or prediction")
     if method == "percentile":
         lo, hi = np.percentile(flat, percentiles, axis=1)
         offset, scale = lo, hi - lo
@@ -45,6 +54,47 @@ def _channel_stats(x: np.ndarray, method: str, percentiles: tuple[float, float],
     # A constant channel has no spread: keep the offset, use unit scale instead of dividing by 0.
     scale = np.where(scale > _EPS * np.maximum(1.0, np.abs(offset)), scale, 1.0)
     return offset, scale
+
+
+def spread_sample(x: Any, max_pixels: int = 4_000_000, read_pixels: int = 1 << 20) -> np.ndarray:
+    """Pixel values from a regular lattice spread over a (possibly lazy) ``(C, ...)`` image.
+
+    Strides are raised one axis at a time (always the axis with the most samples left) until
+    at most ``max_pixels`` pixels per channel remain; the lattice is read along the first
+    spatial axis in blocks of about ``read_pixels`` pixels per channel, so only strided slices
+    of the image are ever in memory.
+
+    Parameters
+    ----------
+    x : array-like
+        ``(C, *spatial)`` numpy, memmap, zarr or :class:`~cytogen.io.lazy.AxesView` array
+        supporting strided basic slicing.
+    max_pixels : int
+        Upper bound on the pixels sampled per channel.
+    read_pixels : int
+        Pixels per channel read at a time.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(C, n)`` sample in the image's dtype, ``n <= max_pixels``.
+    """
+    shape = tuple(int(s) for s in x.shape[1:])
+    strides = [1] * len(shape)
+    counts = list(shape)
+    while math.prod(counts) > max_pixels:
+        a = int(np.argmax(counts))
+        strides[a] += 1
+        counts[a] = math.ceil((shape[a] - strides[a] // 2) / strides[a])
+    rest = tuple(slice(s // 2, None, s) for s in strides[1:])
+    rows = range(strides[0] // 2, shape[0], strides[0])
+    per_read = max(1, read_pixels // max(1, math.prod(counts[1:])))
+    parts = []
+    for i in range(0, len(rows), per_read):
+        sel = rows[i:i + per_read]
+        block = np.asarray(x[(slice(None), slice(sel.start, sel.stop, sel.step), *rest)])
+        parts.append(block.reshape(block.shape[0], -1))
+    return np.concatenate(parts, axis=1)
 
 
 @dataclass
@@ -110,6 +160,21 @@ class Normalizer:
                 f"{len(self.offset)}; give the same channels as in training"
             )
         return np.asarray(self.offset), np.asarray(self.scale)
+
+    def stats_for_lazy(self, x: Any, max_pixels: int | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """(offset, scale) for an image that is not loaded (zarr, memmap, lazy view).
+
+        With ``scope="field"`` (or before :meth:`fit`) the statistics come from
+        :func:`spread_sample` (at most ``max_pixels`` pixels per channel, default
+        :data:`LAZY_SAMPLE_PIXELS`), so for large images the percentiles are estimates close
+        to, not equal to, those of :meth:`stats_for` on the loaded image. With fitted dataset
+        statistics the result is exactly that of :meth:`stats_for`.
+        """
+        if self.scope == "field" or self.offset is None:
+            sample = spread_sample(x, max_pixels or LAZY_SAMPLE_PIXELS)
+            return _channel_stats(sample, self.method, self.percentiles)
+        return self.stats_for(x)
 
     def normalize(self, x: np.ndarray, stats: tuple[np.ndarray, np.ndarray] | None = None
                   ) -> np.ndarray:

@@ -96,6 +96,77 @@ def _check_user_axes(axes: str, shape: tuple[int, ...], path: Path, stored: str)
     return letters
 
 
+def resolve_axes(shape: tuple[int, ...], stored_axes: str, path: Path,
+                 user_axes: str | None = None) -> tuple[list[int], str]:
+    """Which stored axes to drop and what the remaining ones are (first step of :func:`canonicalize`).
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Stored array shape.
+    stored_axes : str
+        The file's axis letters, one per stored axis.
+    path : pathlib.Path
+        The file, for error messages.
+    user_axes : str, optional
+        The caller's description of the stored axes, overriding the file's.
+
+    Returns
+    -------
+    drop : list of int
+        Stored axes of size 1 to squeeze away (T, unknown, and unless ``user_axes`` Z and S).
+    letters : str
+        Letters of the remaining axes in stored order, from ``C S Z Y X`` (a single unknown
+        axis in front of Y and X becomes Z).
+
+    Raises
+    ------
+    CytogenError
+        For time series and ambiguous axes.
+    """
+    stored = stored_axes.upper()
+    explicit = user_axes is not None
+    letters = _check_user_axes(user_axes, shape, path, stored) if explicit else stored
+    if len(letters) != len(shape):  # a reader bug rather than a user error, but say it clearly
+        raise CytogenError(f"{path}: file axes '{stored}' do not fit its array shape {shape}.")
+    drop = []
+    for i, (ax, n) in enumerate(zip(letters, shape)):
+        if ax == "T" and n > 1:
+            raise CytogenError(
+                f"{path}: this is a time series with {n} time points (shape {shape}, axes "
+                f"'{letters}'); cytogen reads one time point per file. Save each time point as "
+                "its own file (e.g. Fiji: Image > Stacks > Tools > Reduce / Make Substack)."
+            )
+        if n == 1 and (ax == "T" or ax not in KNOWN_AXES or (not explicit and ax in "ZS")):
+            drop.append(i)
+    letters = "".join(a for i, a in enumerate(letters) if i not in drop)
+    unknown = [a for a in letters if a not in KNOWN_AXES]
+    ambiguous = "Y" not in letters or "X" not in letters or len(set(letters)) != len(letters)
+    if len(unknown) == 1 and not ambiguous and "Z" not in letters:
+        pos = letters.index(unknown[0])
+        if pos < letters.index("Y") and pos < letters.index("X"):
+            letters = letters.replace(unknown[0], "Z")  # one extra leading axis: a z-stack
+            unknown = []
+    if unknown or ambiguous:
+        raise CytogenError(
+            f"{path}: cannot tell what each axis is (stored shape {shape}, file axes "
+            f"'{stored}'). Pass axes= with one letter per stored axis, e.g. axes='CZYX' or "
+            "axes='CYX' if the first axis holds channels."
+        )
+    return drop, letters
+
+
+def metadata_for(axes: str, sizes_um: dict[str, float], channel_names: list[str] | None,
+                 n_channels: int) -> tuple[tuple[float, ...] | None, list[str] | None]:
+    """Pixel size per spatial axis of ``axes`` (None unless all known) and matching channel names."""
+    sizes = [sizes_um.get(a) for a in axes[1:]]
+    pixel = tuple(float(s) for s in sizes) if all(s and s > 0 for s in sizes) else None
+    names = channel_names
+    if names is not None and len(names) != n_channels:
+        names = None
+    return pixel, (list(names) if names is not None else None)
+
+
 def canonicalize(
     raw: RawImage, path: Path, user_axes: str | None = None
 ) -> tuple[np.ndarray, str, tuple[float, ...] | None, list[str] | None]:
@@ -132,37 +203,9 @@ def canonicalize(
         For time series, ambiguous axes and images with a zero-sized axis.
     """
     data = raw.data
-    stored = raw.axes.upper()
-    explicit = user_axes is not None
-    letters = _check_user_axes(user_axes, data.shape, path, stored) if explicit else stored
-    if len(letters) != data.ndim:  # a reader bug rather than a user error, but say it clearly
-        raise CytogenError(f"{path}: file axes '{stored}' do not fit its array shape {data.shape}.")
-    drop = []
-    for i, (ax, n) in enumerate(zip(letters, data.shape)):
-        if ax == "T" and n > 1:
-            raise CytogenError(
-                f"{path}: this is a time series with {n} time points (shape {data.shape}, axes "
-                f"'{letters}'); cytogen reads one time point per file. Save each time point as "
-                "its own file (e.g. Fiji: Image > Stacks > Tools > Reduce / Make Substack)."
-            )
-        if n == 1 and (ax == "T" or ax not in KNOWN_AXES or (not explicit and ax in "ZS")):
-            drop.append(i)
+    drop, letters = resolve_axes(data.shape, raw.axes, path, user_axes)
     if drop:
         data = np.squeeze(data, axis=tuple(drop))
-        letters = "".join(a for i, a in enumerate(letters) if i not in drop)
-    unknown = [a for a in letters if a not in KNOWN_AXES]
-    ambiguous = "Y" not in letters or "X" not in letters or len(set(letters)) != len(letters)
-    if len(unknown) == 1 and not ambiguous and "Z" not in letters:
-        pos = letters.index(unknown[0])
-        if pos < letters.index("Y") and pos < letters.index("X"):
-            letters = letters.replace(unknown[0], "Z")  # one extra leading axis: a z-stack
-            unknown = []
-    if unknown or ambiguous:
-        raise CytogenError(
-            f"{path}: cannot tell what each axis is (stored shape {raw.data.shape}, file axes "
-            f"'{stored}'). Pass axes= with one letter per stored axis, e.g. axes='CZYX' or "
-            "axes='CYX' if the first axis holds channels."
-        )
     if "S" in letters and "C" in letters:  # e.g. OME 'CYXS': several RGB channels
         order = [letters.index("C"), letters.index("S")]
         order += [i for i, a in enumerate(letters) if a not in "CS"]
@@ -182,12 +225,8 @@ def canonicalize(
             f"{path}: the image is empty (shape {data.shape} as {axes}); an axis has size 0. "
             "Re-export the image."
         )
-    sizes = [raw.sizes_um.get(a) for a in axes[1:]]
-    pixel = tuple(float(s) for s in sizes) if all(s and s > 0 for s in sizes) else None
-    names = raw.channel_names
-    if names is not None and len(names) != data.shape[0]:
-        names = None
-    return data, axes, pixel, (list(names) if names is not None else None)
+    pixel, names = metadata_for(axes, raw.sizes_um, raw.channel_names, data.shape[0])
+    return data, axes, pixel, names
 
 
 def _temp_sibling(path: Path, tag: str = "tmp") -> Path:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import imagecodecs
 import numpy as np
@@ -323,26 +324,26 @@ def read_spec(spec: str, base_dir: Path | None = None) -> Image:
     return read_image(path, channel=channel)
 
 
-def stack_channels(images: list[Image]) -> Image:
-    """Concatenate images along the channel axis.
+def stacked_metadata(images: list[Any]) -> tuple[tuple[float, ...] | None, list[str] | None]:
+    """Check that images can be stacked as channels; their joint pixel size and channel names.
 
     Parameters
     ----------
-    images : list of Image
-        Images with identical axes and spatial shape. Different dtypes are promoted with
-        :func:`numpy.result_type` (e.g. uint8 + uint16 -> uint16).
+    images : list
+        Objects with ``axes``, ``spatial_shape``, ``pixel_size_um``, ``channel_names`` and
+        ``data.shape`` (:class:`Image`, or lazily opened images).
 
     Returns
     -------
-    Image
-        Channels in order; names concatenated (unnamed ones become ``"channel_K"`` when any is
-        named, else None); the first known pixel size.
+    pixel_size_um : tuple of float or None
+        The first known pixel size.
+    channel_names : list of str or None
+        Names concatenated (unnamed ones become ``"channel_K"`` when any is named), else None.
 
     Raises
     ------
     CytogenError
-        No images, different spatial shapes (both named), or known pixel sizes that differ by
-        more than 1%.
+        See :func:`stack_channels`.
     """
     if not images:
         raise CytogenError("stack_channels needs at least one image; got an empty list.")
@@ -367,6 +368,31 @@ def stack_channels(images: list[Image]) -> Image:
         for im in images:
             n_c = im.data.shape[0]
             names += im.channel_names or [f"channel_{len(names) + i}" for i in range(n_c)]
+    return (known[0] if known else None), names
+
+
+def stack_channels(images: list[Image]) -> Image:
+    """Concatenate images along the channel axis.
+
+    Parameters
+    ----------
+    images : list of Image
+        Images with identical axes and spatial shape. Different dtypes are promoted with
+        :func:`numpy.result_type` (e.g. uint8 + uint16 -> uint16).
+
+    Returns
+    -------
+    Image
+        Channels in order; names concatenated (unnamed ones become ``"channel_K"`` when any is
+        named, else None); the first known pixel size.
+
+    Raises
+    ------
+    CytogenError
+        No images, different spatial shapes (both named), or known pixel sizes that differ by
+        more than 1%.
+    """
+    pixel, names = stacked_metadata(images)
     dtype = np.result_type(*[im.data.dtype for im in images])
     data = np.concatenate([im.data.astype(dtype, copy=False) for im in images], axis=0)
-    return Image(data, first.axes, known[0] if known else None, names)
+    return Image(data, images[0].axes, pixel, names)

@@ -106,6 +106,62 @@ def _tiff_metadata(tif: tifffile.TiffFile, page: Any) -> tuple[dict[str, float],
     return sizes, names
 
 
+def unreadable_tiff(path: Path, exc: Exception) -> CytogenError:
+    """The error for a TIFF that tifffile cannot parse."""
+    return CytogenError(
+        f"{path}: cannot be read as TIFF: {type(exc).__name__}: {exc}; is it complete? "
+        "Copy or export it again."
+    )
+
+
+def first_series(tif: tifffile.TiffFile, path: Path) -> tuple[Any, dict[str, float], list | None]:
+    """The first image series of an open TIFF, checked for missing or truncated planes.
+
+    Parameters
+    ----------
+    tif : tifffile.TiffFile
+        The open file.
+    path : pathlib.Path
+        The file, for messages.
+
+    Returns
+    -------
+    series : tifffile.TiffPageSeries
+        The first series (a warning says when there are more).
+    sizes_um : dict of str to float
+        Pixel size per spatial letter, when known.
+    channel_names : list of str or None
+        Channel names, when the file names them.
+
+    Raises
+    ------
+    CytogenError
+        When the file holds no image, planes are missing or data runs past the end of the file.
+    """
+    if not tif.series:
+        raise CytogenError(f"{path}: the TIFF holds no image; export it again.")
+    if len(tif.series) > 1:
+        warnings.warn(
+            f"{path}: holds {len(tif.series)} image series; reading only the first.",
+            stacklevel=4,
+        )
+    series = tif.series[0]
+    for page in series.pages:
+        if page is None:
+            raise CytogenError(
+                f"{path}: image planes are missing from the file (a multi-file OME-TIFF "
+                "needs all its files in the same folder); is it complete?"
+            )
+        size = page.parent.filehandle.size
+        if any(o + n > size for o, n in zip(page.dataoffsets, page.databytecounts)):
+            raise CytogenError(
+                f"{path}: cannot be read as TIFF: image data runs past the end of the "
+                f"file ({size} bytes); is it complete? Copy or export it again."
+            )
+    sizes, names = _tiff_metadata(tif, series.keyframe)
+    return series, sizes, names
+
+
 def read_tiff(path: Path) -> RawImage:
     """Read the first series of a TIFF as stored, with its pixel sizes and channel names.
 
@@ -129,36 +185,13 @@ def read_tiff(path: Path) -> RawImage:
     log.addHandler(collect)
     try:
         with tifffile.TiffFile(path) as tif:
-            if not tif.series:
-                raise CytogenError(f"{path}: the TIFF holds no image; export it again.")
-            if len(tif.series) > 1:
-                warnings.warn(
-                    f"{path}: holds {len(tif.series)} image series; reading only the first.",
-                    stacklevel=3,
-                )
-            series = tif.series[0]
-            for page in series.pages:
-                if page is None:
-                    raise CytogenError(
-                        f"{path}: image planes are missing from the file (a multi-file OME-TIFF "
-                        "needs all its files in the same folder); is it complete?"
-                    )
-                size = page.parent.filehandle.size
-                if any(o + n > size for o, n in zip(page.dataoffsets, page.databytecounts)):
-                    raise CytogenError(
-                        f"{path}: cannot be read as TIFF: image data runs past the end of the "
-                        f"file ({size} bytes); is it complete? Copy or export it again."
-                    )
+            series, sizes, names = first_series(tif, path)
             data = series.asarray()
             axes = series.axes
-            sizes, names = _tiff_metadata(tif, series.keyframe)
     except CytogenError:
         raise
     except Exception as exc:
-        raise CytogenError(
-            f"{path}: cannot be read as TIFF: {type(exc).__name__}: {exc}; is it complete? "
-            "Copy or export it again."
-        ) from exc
+        raise unreadable_tiff(path, exc) from exc
     finally:
         log.removeHandler(collect)
     damaged = [m for m in collect.messages if "invalid" in m and "offset" in m]

@@ -2,9 +2,14 @@
 
 The image is cut into equally sized tiles (the last tile of each axis aligned to the image
 end, so every pixel is covered), tiles are sent to ``fn`` in batches, and the outputs are
-blended with a weight window and normalised by the summed weights. Only one batch of tiles
-exists at a time; the output is accumulated in place, so memory is about one float32 copy
-of the output plus one batch.
+blended with a weight window and normalised by the summed weights. Tiles are visited with the
+first spatial axis outermost and accumulated strip by strip (:mod:`cytogen.predict.strips`):
+rows that no remaining tile can touch are finished and handed to a ``sink`` at once, so with a
+sink, memory is about one band of tile rows across the image plus one batch, whatever the
+image length. Without a sink the finished rows are gathered into one float32 array.
+
+When ``fn`` runs out of memory the batch is retried with half as many tiles (down to one), and
+:class:`~cytogen.predict.oom.TileOOMError` tells the caller to use a smaller tile.
 
 Images smaller than a tile, or whose size would force a tile that is not a multiple of
 ``size_multiple``, are padded per tile (reflection, or edge for single-pixel axes) and the
@@ -13,8 +18,8 @@ result is cropped back, so the input array is never copied or modified as a whol
 
 from __future__ import annotations
 
-import itertools
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -22,6 +27,8 @@ import numpy as np
 import torch
 
 from cytogen.errors import CytogenError
+from cytogen.predict.oom import TileOOMError, free_memory, is_oom_error
+from cytogen.predict.strips import BandAccumulator, StripReader
 
 __all__ = ["BLENDS", "blend_window", "predict_tiled", "tile_starts"]
 
@@ -167,75 +174,9 @@ def _plan(shape: tuple[int, ...], tile: tuple[int, ...], overlap: float | tuple[
     return axes
 
 
-def _read_tile(image: np.ndarray, axes: list[_Axis], js: tuple[int, ...]) -> np.ndarray:
-    reads = [ax.read(j) for ax, j in zip(axes, js)]
-    block = np.asarray(image[(slice(None), *(sl for sl, _ in reads))])
-    for a, (_, take) in enumerate(reads):
-        if take is not None:
-            block = np.take(block, take, axis=a + 1)
-    return block.astype(np.float32, copy=False)
-
-
-def predict_tiled(
-    fn: Callable[[torch.Tensor], torch.Tensor],
-    image: np.ndarray,
-    *,
-    tile: tuple[int, ...],
-    overlap: float | tuple[int, ...] = 0.25,
-    batch_size: int = 4,
-    size_multiple: int | tuple[int, ...] = 1,
-    out_channels: int | None = None,
-    blend: str = "gaussian",
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-    progress: Callable[[int, int], None] | None = None,
-    margin: int | tuple[int, ...] = 0,
-) -> np.ndarray:
-    """Apply ``fn`` to a whole image tile by tile and blend the tiles.
-
-    Parameters
-    ----------
-    fn : callable
-        Maps a ``(B, C, *tile_shape)`` tensor to ``(B, C_out, *tile_shape)``, e.g. a model
-        in ``eval()`` mode. Called under ``torch.inference_mode()``.
-    image : numpy.ndarray
-        ``(C, Y, X)`` or ``(C, Z, Y, X)`` real-valued array (or any array supporting basic
-        slicing, e.g. a memmap or zarr array). Not modified.
-    tile : tuple of int
-        Tile size per spatial axis (an int is used for all axes). It is clipped to the image
-        size and rounded up to ``size_multiple``; smaller images are padded.
-    overlap : float or tuple of int
-        Fraction of the tile in ``[0, 1)`` shared by neighbouring tiles, or pixels per axis.
-    batch_size : int
-        Tiles per ``fn`` call.
-    size_multiple : int or tuple of int
-        The tile size per axis must be divisible by this (e.g. ``model.size_multiple``).
-    out_channels : int, optional
-        Expected ``C_out``; checked against ``fn``'s output when given.
-    blend : {"gaussian", "linear", "constant"}
-        Weight window, see :func:`blend_window`.
-    device : str or torch.device
-        Where the tiles are sent.
-    dtype : torch.dtype
-        Dtype of the tiles given to ``fn`` (e.g. ``torch.bfloat16``).
-    progress : callable, optional
-        Called as ``progress(done_tiles, total_tiles)`` after each batch.
-    margin : int or tuple of int
-        Pixels at each tile side that touches another tile whose weight is set to zero
-        (e.g. the model's border artefacts). The overlap is raised to at least
-        ``2 * margin`` so every pixel stays covered. Sides on the image border keep weight.
-
-    Returns
-    -------
-    numpy.ndarray
-        float32 ``(C_out, *spatial)`` prediction with the image's spatial shape.
-
-    Raises
-    ------
-    CytogenError
-        For an image of the wrong rank or dtype, an empty or non-finite image, invalid
-        tiling arguments, or an ``fn`` output of the wrong shape.
-    """
+def _check_args(image: object, tile: object, batch_size: object, size_multiple: object,
+                margin: object, blend: str
+                ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
     if not hasattr(image, "shape") or len(image.shape) not in (3, 4):
         raise CytogenError("image must be a (C, Y, X) or (C, Z, Y, X) array, got shape "
                            f"{getattr(image, 'shape', type(image).__name__)}")
@@ -256,50 +197,193 @@ def predict_tiled(
         raise CytogenError(f"batch_size must be a positive integer, got {batch_size!r}")
     if blend not in BLENDS:
         raise CytogenError(f"blend must be one of {BLENDS}, got {blend!r}")
+    return shape, tile_t, mult, margin_t
 
+
+def _read_batch(reader: StripReader, batch_js: list[tuple[int, ...]],
+                transform: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
+    tiles = []
+    for js in batch_js:
+        t = reader.tile(js)
+        if not np.isfinite(t).all():
+            raise CytogenError("image contains NaN or infinite values; clean or mask "
+                               "them before prediction")
+        if transform is not None:  # on a copy: the tile may be a view of the input
+            t = np.asarray(transform(t.copy()), dtype=np.float32)
+        tiles.append(t)
+    return np.stack(tiles)
+
+
+def _call(fn: Callable[[torch.Tensor], torch.Tensor], tiles: np.ndarray, weigh: Callable,
+          device: torch.device, dtype: torch.dtype) -> np.ndarray | str:
+    """Weighted ``fn`` output of the batch, or the error text when memory ran out."""
+    try:
+        return weigh(fn(torch.from_numpy(tiles).to(device=device, dtype=dtype)))
+    except Exception as exc:
+        if not is_oom_error(exc):
+            raise
+        text = str(exc).strip()
+        return f"{type(exc).__name__}: {text.splitlines()[0] if text else 'no message'}"
+
+
+def _weighted(pred: object, batch_js: list[tuple[int, ...]], tile_shape: tuple[int, ...],
+              windows: list[torch.Tensor], out_channels: int | None) -> np.ndarray:
+    """Check ``fn``'s output and multiply each tile by its separable blend window."""
+    n, nd = len(batch_js), len(tile_shape)
+    if (not isinstance(pred, torch.Tensor) or pred.ndim != nd + 2
+            or pred.shape[0] != n or tuple(pred.shape[2:]) != tile_shape):
+        got = tuple(pred.shape) if isinstance(pred, torch.Tensor) else type(pred)
+        raise CytogenError(f"fn must return a (B, C_out, *{tile_shape}) tensor with "
+                           f"B={n}, got {got}")
+    if out_channels is not None and pred.shape[1] != out_channels:
+        raise CytogenError(f"fn returned {pred.shape[1]} channels, expected {out_channels}")
+    pred = pred.float()
+    for a, w in enumerate(windows):  # per-tile separable weights, on device
+        idx = torch.tensor([js[a] for js in batch_js], device=pred.device)
+        view = [n, 1] + [1] * nd
+        view[a + 2] = tile_shape[a]
+        pred = pred * w.to(pred.device)[idx].reshape(view)
+    return pred.cpu().numpy()
+
+
+def predict_tiled(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    image: np.ndarray,
+    *,
+    tile: tuple[int, ...],
+    overlap: float | tuple[int, ...] = 0.25,
+    batch_size: int = 4,
+    size_multiple: int | tuple[int, ...] = 1,
+    out_channels: int | None = None,
+    blend: str = "gaussian",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    progress: Callable[[int, int], None] | None = None,
+    margin: int | tuple[int, ...] = 0,
+    sink: Callable[[int, np.ndarray], None] | None = None,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    out_transform: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> np.ndarray | None:
+    """Apply ``fn`` to a whole image tile by tile and blend the tiles.
+
+    Parameters
+    ----------
+    fn : callable
+        Maps a ``(B, C, *tile_shape)`` tensor to ``(B, C_out, *tile_shape)``, e.g. a model
+        in ``eval()`` mode. Called under ``torch.inference_mode()``.
+    image : numpy.ndarray
+        ``(C, Y, X)`` or ``(C, Z, Y, X)`` real-valued array (or any array supporting basic
+        slicing, e.g. a memmap or zarr array). Not modified. It is read one strip at a time
+        (the axis-0 rows of one row of tiles, across the other axes), never as a whole.
+    tile : tuple of int
+        Tile size per spatial axis (an int is used for all axes). It is clipped to the image
+        size and rounded up to ``size_multiple``; smaller images are padded.
+    overlap : float or tuple of int
+        Fraction of the tile in ``[0, 1)`` shared by neighbouring tiles, or pixels per axis.
+    batch_size : int
+        Tiles per ``fn`` call. When ``fn`` runs out of memory (see
+        :func:`~cytogen.predict.oom.is_oom_error`) the batch is retried with half as many
+        tiles, down to 1, and the rest of the image uses the smaller batch; a
+        :class:`RuntimeWarning` says so.
+    size_multiple : int or tuple of int
+        The tile size per axis must be divisible by this (e.g. ``model.size_multiple``).
+    out_channels : int, optional
+        Expected ``C_out``; checked against ``fn``'s output when given.
+    blend : {"gaussian", "linear", "constant"}
+        Weight window, see :func:`blend_window`.
+    device : str or torch.device
+        Where the tiles are sent.
+    dtype : torch.dtype
+        Dtype of the tiles given to ``fn`` (e.g. ``torch.bfloat16``).
+    progress : callable, optional
+        Called as ``progress(done_tiles, total_tiles)`` after each batch.
+    margin : int or tuple of int
+        Pixels at each tile side that touches another tile whose weight is set to zero
+        (e.g. the model's border artefacts). The overlap is raised to at least
+        ``2 * margin`` so every pixel stays covered. Sides on the image border keep weight.
+    sink : callable, optional
+        ``sink(start, block)`` receives the prediction strip by strip as soon as rows along
+        the first spatial axis are final: float32 ``block`` of shape ``(C_out, rows, *rest)``
+        holds output rows ``[start, start + rows)``. Blocks arrive in order and cover the axis
+        exactly once. With a sink nothing is returned and memory does not grow with the
+        image length.
+    transform : callable, optional
+        Applied to each input tile (float32 ``(C, *tile)``, a copy) before ``fn``, e.g.
+        intensity normalisation with precomputed statistics; must keep the tile's spatial shape.
+    out_transform : callable, optional
+        Applied to each finished block (float32 ``(C_out, rows, *rest)``) before the sink or
+        the returned array, e.g. denormalisation; must keep the block's shape.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        float32 ``(C_out, *spatial)`` prediction with the image's spatial shape; None when a
+        ``sink`` is given.
+
+    Raises
+    ------
+    CytogenError
+        For an image of the wrong rank or dtype, an empty or non-finite image, invalid
+        tiling arguments, or an ``fn`` output of the wrong shape.
+    TileOOMError
+        When ``fn`` runs out of memory even for a batch of one tile (a :class:`CytogenError`).
+    """
+    shape, tile_t, mult, margin_t = _check_args(image, tile, batch_size, size_multiple,
+                                                margin, blend)
     axes = _plan(shape, tile_t, overlap, mult, margin_t, blend)
     tile_shape = tuple(ax.tile for ax in axes)
-    grid = list(itertools.product(*(range(len(ax.starts)) for ax in axes)))
-    total = len(grid)
+    counts = tuple(len(ax.starts) for ax in axes)
+    total = math.prod(counts)
+
+    def tile_index(k: int) -> tuple[int, ...]:  # k-th tile, axis 0 outermost (C order)
+        return tuple(int(i) for i in np.unravel_index(k, counts))
     device = torch.device(device)
     windows = [torch.from_numpy(ax.windows).to(device) for ax in axes]
-    out: np.ndarray | None = None
+    reader = StripReader(image, axes)
+    band: BandAccumulator | None = None
+    full: list[np.ndarray] = []
 
+    def emit(start: int, block: np.ndarray) -> None:
+        if out_transform is not None:
+            block = np.asarray(out_transform(block), dtype=np.float32)
+        if sink is not None:
+            sink(start, block)
+            return
+        if not full:
+            full.append(np.empty((block.shape[0], *shape), dtype=np.float32))
+        full[0][:, start:start + block.shape[1]] = block
+
+    done, bs = 0, int(batch_size)
     with torch.inference_mode():
-        for first in range(0, total, batch_size):
-            batch_js = grid[first:first + batch_size]
-            tiles = np.stack([_read_tile(image, axes, js) for js in batch_js])
-            if not np.isfinite(tiles).all():
-                raise CytogenError("image contains NaN or infinite values; clean or mask "
-                                   "them before prediction")
-            pred = fn(torch.from_numpy(tiles).to(device=device, dtype=dtype))
-            n = len(batch_js)
-            if (not isinstance(pred, torch.Tensor) or pred.ndim != nd + 2
-                    or pred.shape[0] != n or tuple(pred.shape[2:]) != tile_shape):
-                got = tuple(pred.shape) if isinstance(pred, torch.Tensor) else type(pred)
-                raise CytogenError(f"fn must return a (B, C_out, *{tile_shape}) tensor with "
-                                   f"B={n}, got {got}")
-            c_out = pred.shape[1]
-            if out_channels is not None and c_out != out_channels:
-                raise CytogenError(f"fn returned {c_out} channels, expected {out_channels}")
-            pred = pred.float()
-            for a, w in enumerate(windows):  # per-tile separable weights, on device
-                idx = torch.tensor([js[a] for js in batch_js], device=device)
-                view = [n, 1] + [1] * nd
-                view[a + 2] = tile_shape[a]
-                pred = pred * w[idx].reshape(view)
-            pred_np = pred.cpu().numpy()
-            if out is None:
-                out = np.zeros((c_out, *shape), dtype=np.float32)
+        while done < total:
+            batch_js = [tile_index(k) for k in range(done, min(done + bs, total))]
+            def weigh(pred: object) -> np.ndarray:
+                return _weighted(pred, batch_js, tile_shape, windows, out_channels)
+
+            values = _call(fn, _read_batch(reader, batch_js, transform), weigh, device, dtype)
+            if isinstance(values, str):  # out of memory: free, halve the batch and retry it
+                free_memory()
+                if bs == 1:
+                    raise TileOOMError(
+                        f"out of memory predicting a single tile of {tile_shape} pixels on "
+                        f"{device} ({values}); use a smaller tile or a device with more memory",
+                        tile_shape)
+                warnings.warn(f"out of memory with {bs} tiles per batch on {device}; "
+                              f"continuing with batch size {bs // 2}", RuntimeWarning,
+                              stacklevel=2)
+                bs //= 2
+                continue
+            if band is None:
+                band = BandAccumulator(values.shape[1], shape,
+                                       [ax.weight_sum for ax in axes], emit)
             for k, js in enumerate(batch_js):
                 out_sl, tile_sl = zip(*(ax.write(j) for ax, j in zip(axes, js)))
-                out[(slice(None), *out_sl)] += pred_np[(k, slice(None), *tile_sl)]
+                if js[0] != batch_js[0][0]:  # a new row of tiles: rows above it are final
+                    band.finish(out_sl[0].start)
+                band.add(out_sl, values[(k, slice(None), *tile_sl)])
+            done += len(batch_js)
+            # rows before the first row the next tile writes are final
+            band.finish(axes[0].write(tile_index(done)[0])[0].start if done < total else shape[0])
             if progress is not None:
-                progress(first + n, total)
-
-    assert out is not None
-    for a, ax in enumerate(axes):  # normalise: summed weights are separable too
-        view = [1] * (nd + 1)
-        view[a + 1] = ax.size
-        out /= ax.weight_sum.astype(np.float32).reshape(view)
-    return out
+                progress(done, total)
+    return None if sink is not None else full[0]

@@ -175,9 +175,6 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
 
     settings = runtime_for(rec)
     settings.apply()
-    if progress and _is_rank_zero():
-        for note in settings.notes:
-            print(f"note: {note}", file=sys.stderr)
 
     L.seed_everything(rec.train.seed, workers=True, verbose=False)
     train_ds = RandomPatches(train_fields, patch, rec.data.patches_per_epoch, augment=rec.data.augment,
@@ -231,6 +228,9 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
     )
     # The state after the optimiser step is what a checkpoint at step N should hold.
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+    if progress and _is_rank_zero():
+        for note in settings.notes:
+            print(f"note: {note}", file=sys.stderr)
     t0 = time.perf_counter()
     try:
         trainer.fit(task, train_dl, val_dl, ckpt_path=str(last) if resume else None, weights_only=True)
