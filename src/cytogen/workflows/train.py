@@ -110,11 +110,13 @@ def fused_optimizer(settings: RuntimeSettings) -> bool:
 def speed_up_task(task: L.LightningModule, settings: RuntimeSettings, dims: int) -> None:
     """Apply channels-last and (when asked) ``torch.compile`` to a task's networks in place.
 
-    Compilation uses ``nn.Module.compile``, so checkpoints keep the plain parameter names.
+    Compilation uses ``nn.Module.compile``, so checkpoints keep the plain parameter names. Only
+    generators are compiled: discriminators may need double backward (R1 penalty), which
+    compiled graphs do not support.
     """
     task.memory_format = settings.memory_format(dims)
     if settings.compile:
-        for name in ("net", "disc", "net_ba", "disc_a", "disc_b"):
+        for name in ("net", "net_ba"):
             module = getattr(task, name, None)
             if isinstance(module, torch.nn.Module):
                 module.compile()
