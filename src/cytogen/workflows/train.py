@@ -88,8 +88,10 @@ def _local_processes(devices: int | str, device: str) -> int:
 
 
 def _is_rank_zero() -> bool:
-    """True in the process that writes outputs (before the process group exists too)."""
-    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+    """True in the process that writes outputs (before the process group exists too): the
+    rank variables of Lightning's launcher, torchrun and SLURM are all 0 or unset."""
+    return all(os.environ.get(k, "0") == "0"
+               for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
 def runtime_for(rec: Recipe) -> RuntimeSettings:
