@@ -124,6 +124,9 @@ CASES = {
     "recipe wrong type": (lambda r: TRAIN + [f"{r}/good.csv", "--out", f"{r}/o", "--set", "train.max_steps=lots"], "integer"),
     "recipe bad choice": (lambda r: TRAIN + [f"{r}/good.csv", "--out", f"{r}/o", "--set", "loss.name=huber"], "choose one of"),
     "unknown architecture kwarg": (lambda r: TRAIN + [f"{r}/good.csv", "--out", f"{r}/o4", "--set", "model.kwargs.wings=2", *TINY], "wings"),
+    "devices not a count": (lambda r: TRAIN + [f"{r}/good.csv", "--out", f"{r}/o", "--accelerator", "cpu", "--devices", "abc", *TINY], "Lightning refused"),
+    "unknown strategy": (lambda r: TRAIN + [f"{r}/good.csv", "--out", f"{r}/o", "--strategy", "nonsense", *TINY], "Lightning refused"),
+    "no-fast with compile": (lambda r: TRAIN + [f"{r}/good.csv", "--out", f"{r}/o", "--no-fast", "--compile", *TINY], "contradict"),
     "resume with nothing": (lambda r: TRAIN + [f"{r}/good.csv", "--out", f"{r}/o5", "--resume"], "nothing to resume"),
     "run folder has checkpoints": (lambda r: TRAIN + [f"{r}/good.csv", "--out", f"{r}/run"], "--resume"),
     # models and prediction

@@ -17,6 +17,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader
 
 from cytogen.data.sampling import EpochSampler, ResumableLoader
@@ -124,6 +125,24 @@ def speed_up_task(task: L.LightningModule, settings: RuntimeSettings, dims: int)
                 module.compile()
 
 
+def _trainer(rec: Recipe, settings: RuntimeSettings, out: Path, callbacks: list[Callback],
+             progress: bool) -> L.Trainer:
+    """The Lightning Trainer of a run (loops, hardware, DDP, precision, logs, checkpoint IO)."""
+    return L.Trainer(
+        default_root_dir=out, max_steps=rec.train.max_steps,
+        max_time={"minutes": rec.train.max_time_min} if rec.train.max_time_min else None,
+        val_check_interval=min(rec.train.val_every, rec.train.max_steps), check_val_every_n_epoch=None,
+        accelerator=rec.train.accelerator, devices=rec.train.devices, num_nodes=rec.train.num_nodes,
+        strategy=rec.train.strategy, precision=settings.precision, use_distributed_sampler=False,
+        logger=[CSVLogger(out, name="logs", version=_csv_version(out)),
+                TensorBoardLogger(out, name="logs", version="tensorboard")],
+        callbacks=callbacks, enable_progress_bar=progress, enable_model_summary=False,
+        plugins=[AtomicCheckpointIO()],
+        gradient_clip_val=rec.train.grad_clip if rec.task == "translate" else None,
+        log_every_n_steps=rec.train.log_every, num_sanity_val_steps=0, deterministic=False,
+    )
+
+
 def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path, *,
           overrides: list[str] | None = None, max_steps: int | None = None,
           resume: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -205,10 +224,6 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
                       max_steps=rec.train.max_steps, grad_clip=rec.train.grad_clip)
     speed_up_task(task, settings, dims)
 
-    out.mkdir(parents=True, exist_ok=True)
-    if _is_rank_zero():
-        (out / "recipe.yaml").write_text(yaml.safe_dump(rec.to_dict(), sort_keys=False))
-        settings.write(out / "runtime.json")
     ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_loss", mode="min",
                            save_top_k=1, save_last=False)
     periodic = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=0, save_last=True,
@@ -217,19 +232,18 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
     callbacks: list[Callback] = [ckpt, periodic, ExactResume(sampler, rec.data.batch_size), agreement]
     if progress:
         callbacks.append(CleanProgressBar(refresh_rate=5))
-    trainer = L.Trainer(
-        default_root_dir=out, max_steps=rec.train.max_steps,
-        max_time={"minutes": rec.train.max_time_min} if rec.train.max_time_min else None,
-        val_check_interval=min(rec.train.val_every, rec.train.max_steps), check_val_every_n_epoch=None,
-        accelerator=rec.train.accelerator, devices=rec.train.devices, num_nodes=rec.train.num_nodes,
-        strategy=rec.train.strategy, precision=settings.precision, use_distributed_sampler=False,
-        logger=[CSVLogger(out, name="logs", version=_csv_version(out)),
-                TensorBoardLogger(out, name="logs", version="tensorboard")],
-        callbacks=callbacks, enable_progress_bar=progress, enable_model_summary=False,
-        plugins=[AtomicCheckpointIO()],
-        gradient_clip_val=rec.train.grad_clip if rec.task == "translate" else None,
-        log_every_n_steps=rec.train.log_every, num_sanity_val_steps=0, deterministic=False,
-    )
+    try:
+        trainer = _trainer(rec, settings, out, callbacks, progress)
+    except (ValueError, TypeError, MisconfigurationException) as exc:
+        raise CytogenError(
+            f"{recipe if not isinstance(recipe, Recipe) else 'recipe'}: Lightning refused "
+            f"accelerator={rec.train.accelerator!r}, devices={rec.train.devices!r}, "
+            f"strategy={rec.train.strategy!r} ({str(exc).splitlines()[0]}); use e.g. "
+            "--devices 2 --strategy ddp, or --accelerator cpu") from None
+    out.mkdir(parents=True, exist_ok=True)
+    if _is_rank_zero():
+        (out / "recipe.yaml").write_text(yaml.safe_dump(rec.to_dict(), sort_keys=False))
+        settings.write(out / "runtime.json")
     # The state after the optimiser step is what a checkpoint at step N should hold.
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
     if progress and _is_rank_zero():
