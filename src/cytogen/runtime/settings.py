@@ -140,14 +140,25 @@ def _device(accelerator: str) -> str:
     raise CytogenError(f"accelerator {accelerator!r} is not one of auto, cpu, gpu, cuda, mps")
 
 
+def _local_processes(devices: int | str, device: str) -> int:
+    """Training processes one node runs for Lightning's ``devices`` value."""
+    if isinstance(devices, int) and devices > 0:
+        return devices
+    if isinstance(devices, str) and devices.strip().isdigit():
+        return max(1, int(devices))
+    if isinstance(devices, str) and "," in devices:
+        return len([d for d in devices.split(",") if d.strip()])
+    return max(1, torch.cuda.device_count()) if device == "cuda" else 1
+
+
 def _cpu_bf16_ok() -> bool:
     check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     return bool(torch.backends.mkldnn.is_available() and check is not None and check())
 
 
 def resolve_runtime(precision: str = "auto", *, fast: bool = True, compile: bool = False,
-                    accelerator: str = "auto", processes_per_node: int = 1,
-                    num_workers: int = -1,
+                    accelerator: str = "auto", devices: int | str = 1,
+                    processes_per_node: int | None = None, num_workers: int = -1,
                     probe: Callable[[], dict[str, float]] | None = None) -> RuntimeSettings:
     """Turn requested settings into what this machine will run.
 
@@ -161,8 +172,11 @@ def resolve_runtime(precision: str = "auto", *, fast: bool = True, compile: bool
         Use ``torch.compile`` (needs ``fast``).
     accelerator : str
         ``auto``, ``cpu``, ``gpu``/``cuda`` or ``mps``.
-    processes_per_node : int
-        Training processes sharing this machine's CPUs (DDP on CPU).
+    devices : int or str
+        Lightning's ``devices`` (``2``, ``"0,1"``, ``-1``): sets how many processes share
+        this machine's CPUs.
+    processes_per_node : int, optional
+        Overrides the process count derived from ``devices``.
     num_workers : int
         Data-loader workers; ``-1`` chooses (0 where a process has <= 8 CPUs).
     probe : callable, optional
@@ -182,7 +196,8 @@ def resolve_runtime(precision: str = "auto", *, fast: bool = True, compile: bool
     if not fast and requested not in ("auto", "32"):
         raise CytogenError(f"--no-fast means float32, but precision {requested!r} was asked for; "
                            "drop one of them")
-    per_proc = max(1, _cpus() // max(1, int(processes_per_node)))
+    procs = processes_per_node if processes_per_node is not None else _local_processes(devices, device)
+    per_proc = max(1, _cpus() // max(1, int(procs)))
     workers = int(num_workers) if num_workers >= 0 else (0 if device == "cpu" and per_proc <= 8
                                                          else min(4, per_proc // 2))
     settings = RuntimeSettings(device=device, requested_precision=requested, channels_last=fast,

@@ -77,17 +77,6 @@ def _csv_version(run: Path) -> str:
     return "csv" if n == 0 else f"csv_{n}"
 
 
-def _local_processes(devices: int | str, device: str) -> int:
-    """Training processes this node runs (for sizing CPU thread pools)."""
-    if isinstance(devices, int) and devices > 0:
-        return devices
-    if isinstance(devices, str) and devices.strip().isdigit():
-        return max(1, int(devices))
-    if isinstance(devices, str) and "," in devices:
-        return len([d for d in devices.split(",") if d.strip()])
-    return torch.cuda.device_count() if device == "cuda" else 1
-
-
 def _is_rank_zero() -> bool:
     """True in the process that writes outputs (before the process group exists too): the
     rank variables of Lightning's launcher, torchrun and SLURM are all 0 or unset."""
@@ -97,11 +86,8 @@ def _is_rank_zero() -> bool:
 
 def runtime_for(rec: Recipe) -> RuntimeSettings:
     """Resolve a recipe's speed keys (``train.precision/fast/compile``) on this machine."""
-    device_guess = "cuda" if rec.train.accelerator in ("gpu", "cuda") or (
-        rec.train.accelerator == "auto" and torch.cuda.is_available()) else "cpu"
     return resolve_runtime(rec.train.precision, fast=rec.train.fast, compile=rec.train.compile,
-                           accelerator=rec.train.accelerator,
-                           processes_per_node=_local_processes(rec.train.devices, device_guess),
+                           accelerator=rec.train.accelerator, devices=rec.train.devices,
                            num_workers=rec.data.num_workers)
 
 
