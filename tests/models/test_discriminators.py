@@ -67,7 +67,7 @@ def test_register_custom_discriminator():
         y = d(torch.zeros(3, 1, 4, 4), torch.ones(3, 2, 4, 4))
         assert y.tolist() == pytest.approx([2 / 3] * 3)
     finally:
-        discriminators._REGISTRY.pop("_test_mean")
+        discriminators.DISCRIMINATORS.unregister("_test_mean")
 
 
 # ---------------------------------------------------------------- PatchGAN

@@ -171,4 +171,4 @@ def test_register_custom_model_and_duplicate_name():
         with pytest.raises(ValueError, match="already registered"):
             register_model("_test_identity")(nn.Identity)
     finally:
-        registry._REGISTRY.pop("_test_identity")
+        registry.MODELS.unregister("_test_identity")

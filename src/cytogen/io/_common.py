@@ -6,11 +6,6 @@ conversion to micrometres and atomic writes (files and directories).
 
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -227,49 +222,3 @@ def canonicalize(
         )
     pixel, names = metadata_for(axes, raw.sizes_um, raw.channel_names, data.shape[0])
     return data, axes, pixel, names
-
-
-def _temp_sibling(path: Path, tag: str = "tmp") -> Path:
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.{tag}")
-
-
-@contextmanager
-def atomic_file(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; move it onto ``path`` only on success."""
-    tmp = _temp_sibling(path)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-@contextmanager
-def atomic_dir(path: Path) -> Iterator[Path]:
-    """Yield a temporary directory path next to ``path``; swap it in only once complete.
-
-    An existing ``path`` (directory or file) is moved aside, replaced by the new directory and
-    then deleted; if the swap fails the old one is put back.
-    """
-    tmp = _temp_sibling(path)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if not (path.exists() or path.is_symlink()):
-        os.rename(tmp, path)
-        return
-    old = _temp_sibling(path, "old")
-    os.rename(path, old)
-    try:
-        os.rename(tmp, path)
-    except BaseException:
-        os.rename(old, path)
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old.is_dir() and not old.is_symlink():
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        old.unlink(missing_ok=True)

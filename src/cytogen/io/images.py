@@ -28,7 +28,8 @@ import imagecodecs
 import numpy as np
 
 from cytogen.errors import CytogenError
-from cytogen.io._common import RawImage, atomic_file, canonicalize
+from cytogen.io._common import RawImage, canonicalize
+from cytogen.io.atomic import atomic_file
 from cytogen.io.ome_zarr import read_ome_zarr, write_ome_zarr
 from cytogen.io.tiff import read_tiff, write_tiff
 

@@ -22,7 +22,8 @@ import numpy as np
 import zarr
 
 from cytogen.errors import CytogenError
-from cytogen.io._common import RawImage, atomic_dir, unit_to_um
+from cytogen.io._common import RawImage, unit_to_um
+from cytogen.io.atomic import atomic_dir
 
 
 def _guess_axes(ndim: int) -> str:

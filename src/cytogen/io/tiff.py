@@ -20,7 +20,8 @@ import numpy as np
 import tifffile
 
 from cytogen.errors import CytogenError
-from cytogen.io._common import RawImage, atomic_file, unit_to_um
+from cytogen.io._common import RawImage, unit_to_um
+from cytogen.io.atomic import atomic_file
 
 _PLAUSIBLE_UM = (0.001, 100.0)  # pixel sizes outside this range in plain TIFF tags are ignored
 

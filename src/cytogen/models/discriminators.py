@@ -15,7 +15,6 @@ imported by :mod:`cytogen.models`) decorated with ``@register_discriminator("nam
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -26,9 +25,10 @@ from torch import Tensor, nn
 
 from cytogen.errors import CytogenError
 from cytogen.models.blocks import NORMS, conv_nd, make_norm
-from cytogen.models.registry import _describe_arguments
+from cytogen.registry import Registry
 
 __all__ = [
+    "DISCRIMINATORS",
     "DiscriminatorBase",
     "MinibatchStd",
     "PatchGAN",
@@ -40,58 +40,28 @@ __all__ = [
 ]
 
 _F = TypeVar("_F", bound=Callable[..., nn.Module])
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+#: Discriminators, built by name from a recipe's ``discriminator`` section.
+DISCRIMINATORS: Registry[nn.Module] = Registry("discriminator")
 
 
 def register_discriminator(name: str) -> Callable[[_F], _F]:
-    """Decorator registering a discriminator class (or factory) under ``name``.
-
-    Raises ``ValueError`` if ``name`` is empty or already taken by a different object.
-    """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"discriminator name must be a non-empty string, got {name!r}")
-
-    def decorator(factory: _F) -> _F:
-        existing = _REGISTRY.get(name)
-        if existing is not None and existing is not factory:
-            raise ValueError(f"discriminator name {name!r} is already registered to "
-                             f"{existing.__module__}.{existing.__qualname__}; choose another")
-        _REGISTRY[name] = factory
-        return factory
-
-    return decorator
+    """Decorator registering a discriminator class (or factory) under ``name``."""
+    return DISCRIMINATORS.register(name)
 
 
 def list_discriminators() -> list[str]:
     """Return the registered discriminator names, sorted."""
-    return sorted(_REGISTRY)
-
-
-def _lookup(name: str) -> Callable[..., nn.Module]:
-    try:
-        return _REGISTRY[name]
-    except (KeyError, TypeError):
-        available = ", ".join(repr(n) for n in list_discriminators()) or "(none)"
-        raise CytogenError(f"unknown discriminator {name!r}; available discriminators: "
-                           f"{available}") from None
+    return DISCRIMINATORS.names()
 
 
 def discriminator_arguments(name: str) -> dict[str, Any]:
     """Return the keyword arguments of a registered discriminator with their defaults."""
-    sig = inspect.signature(_lookup(name))
-    return {p.name: p.default for p in sig.parameters.values()
-            if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    return DISCRIMINATORS.arguments(name)
 
 
 def build_discriminator(name: str, **kwargs: Any) -> nn.Module:
-    """Build the discriminator registered as ``name``.
-
-    Parameters
-    ----------
-    name : str
-        Registered name (see :func:`list_discriminators`).
-    **kwargs
-        Passed to the constructor, e.g. ``in_channels=1, cond_channels=1, dims=3``.
+    """Build the discriminator registered as ``name`` (e.g. ``in_channels=1, cond_channels=1, dims=3``).
 
     Raises
     ------
@@ -99,17 +69,7 @@ def build_discriminator(name: str, **kwargs: Any) -> nn.Module:
         If ``name`` is unknown (the message lists the available names), an argument is not
         accepted or missing (the message lists the accepted ones) or a value is invalid.
     """
-    factory = _lookup(name)
-    sig = inspect.signature(factory)
-    try:
-        sig.bind(**kwargs)
-    except TypeError as exc:
-        raise CytogenError(f"bad arguments for discriminator {name!r}: {exc}; accepted "
-                           f"arguments: {_describe_arguments(sig)}") from None
-    try:
-        return factory(**kwargs)
-    except ValueError as exc:
-        raise CytogenError(f"bad arguments for discriminator {name!r}: {exc}") from exc
+    return DISCRIMINATORS.build(name, **kwargs)
 
 
 def _check_positive(**values: int) -> None:
