@@ -6,7 +6,7 @@ import pytest
 
 from cytogen.errors import CytogenError
 from cytogen.evaluate.instances import (
-    aggregate_scores, instance_scores, iou_table, jaccard_binary, match_instances, mean_iou_matched,
+    aggregate_scores, instance_scores, iou_table, jaccard_binary, match_instances,
 )
 from cytogen.evaluate.objects import segment_nuclei
 
@@ -49,8 +49,6 @@ def test_instance_scores_hand_computed():
     assert (c["tp"], c["fp"], c["fn"]) == (1, 2, 2)
     assert c["f1"] == pytest.approx(1 / 3) and c["ap"] == pytest.approx(0.2)
     assert c["pq"] == pytest.approx(1 / 3) and c["mean_matched_iou"] == 1.0
-    assert mean_iou_matched(TRUE, PRED) == pytest.approx(0.75)
-    assert mean_iou_matched(TRUE, PRED, threshold=0.3) == pytest.approx(11 / 18)
 
 
 def test_default_thresholds_and_3d():

@@ -1,4 +1,4 @@
-"""Geometric augmentation by flips and 90-degree rotations, with exact inverses.
+"""Geometric augmentation by flips and 90-degree rotations.
 
 Rotations act in the YX plane; flips may act on every spatial axis (Z included in 3D). The
 same transform is applied to source, target and mask so pairs stay aligned.
@@ -33,21 +33,9 @@ class Dihedral:
             y = np.flip(y, axis=1 + ax)
         return np.ascontiguousarray(y)
 
-    def invert(self, y: np.ndarray) -> np.ndarray:
-        """Undo :meth:`apply`."""
-        x = y
-        for ax in reversed(self.flips):
-            x = np.flip(x, axis=1 + ax)
-        return np.ascontiguousarray(np.rot90(x, -self.k, axes=(-2, -1)))
-
 
 def random_dihedral(rng: np.random.Generator, n_spatial: int, *, square: bool = True) -> Dihedral:
     """Draw a random transform; odd rotations only when the YX plane is square."""
     k = int(rng.integers(0, 4)) if square else 2 * int(rng.integers(0, 2))
     flips = tuple(ax for ax in range(n_spatial) if rng.random() < 0.5)
     return Dihedral(k, flips)
-
-
-def all_dihedrals(n_spatial: int) -> list[Dihedral]:
-    """The 8 transforms of the YX plane (for test-time augmentation)."""
-    return [Dihedral(k, f) for k in range(4) for f in ((), (n_spatial - 1,))]

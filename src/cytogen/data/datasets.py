@@ -144,21 +144,16 @@ class RandomPatches(Dataset):
         self.augment = augment
         self.fg_bias = float(fg_bias)
         self.seed = int(seed)
-        self.epoch = 0
         self.unpaired = bool(unpaired)
         sizes = np.array([np.prod(f.source.shape[1:]) for f in fields], dtype=np.float64)
         self.weights = sizes / sizes.sum()
-
-    def set_epoch(self, epoch: int) -> None:
-        """Change the random stream (called at the start of each training epoch)."""
-        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         epoch, i = divmod(int(i), self.length)
-        rng = np.random.default_rng([self.seed, self.epoch + epoch, i])
+        rng = np.random.default_rng([self.seed, epoch, i])
         f = self.fields[int(rng.choice(len(self.fields), p=self.weights))]
         spatial = f.source.shape[1:]
         corner = sample_corner(rng, spatial, self.patch, f.fg_index, self.fg_bias)

@@ -5,18 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 
-def pad_to_min(x: np.ndarray, min_spatial: tuple[int, ...]) -> np.ndarray:
-    """Reflect-pad the spatial axes of ``(C, ...)`` so each is at least ``min_spatial``."""
-    pads = [(0, 0)]
-    for size, need in zip(x.shape[1:], min_spatial):
-        extra = max(0, need - size)
-        pads.append((extra // 2, extra - extra // 2))
-    if all(p == (0, 0) for p in pads):
-        return x
-    mode = "reflect" if all(s > 1 and p[0] < s and p[1] < s for s, p in zip(x.shape[1:], pads[1:])) else "edge"
-    return np.pad(x, pads, mode=mode)
-
-
 def foreground_coords(mask: np.ndarray, max_points: int = 20000, seed: int = 0) -> np.ndarray:
     """Flat indices of foreground voxels of a spatial ``mask`` (subsampled)."""
     idx = np.flatnonzero(mask)

@@ -44,6 +44,7 @@ class EpochSampler(Sampler[int]):
         return self._shard if self._shard is not None else _rank_world()
 
     def set_epoch(self, epoch: int) -> None:
+        """Draw the items of ``epoch`` next (Lightning calls this on the loader's sampler)."""
         self.epoch = int(epoch)
 
     def resume(self, epoch: int, skip: int) -> None:

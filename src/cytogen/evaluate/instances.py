@@ -169,14 +169,6 @@ def jaccard_binary(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.count_nonzero(fa & fb) / union) if union else 1.0
 
 
-def mean_iou_matched(labels_true: np.ndarray, labels_pred: np.ndarray, threshold: float = 0.5) -> float:
-    """Mean IoU of the object pairs matched at ``threshold`` (paper 004's per-cell mIoU).
-
-    0.0 when nothing matches although objects exist; 1.0 when both images are empty.
-    """
-    return instance_scores(labels_true, labels_pred, thresholds=(threshold,))[0]["mean_matched_iou"]
-
-
 def aggregate_scores(per_field: list[list[dict]]) -> list[dict]:
     """Dataset-level scores: counts pooled over fields per threshold, ratios recomputed.
 
