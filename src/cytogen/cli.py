@@ -133,8 +133,7 @@ def _threshold(text: str) -> str | float:
 
 
 def _cmd_eval_objects(a: argparse.Namespace) -> None:
-    from cytogen.workflows.evaluate_objects import evaluate_objects
-    from cytogen.workflows.objects import ObjectSettings
+    from cytogen.workflows.evaluate_objects import ObjectSettings, evaluate_objects
 
     s = ObjectSettings(pixel_size_um=a.pixel_size_um, radii=a.radius_um, labels=a.labels, match=a.match,
                        max_distance_um=a.max_distance_um, threshold=a.threshold, sigma_px=a.sigma_px,
@@ -229,12 +228,18 @@ def build_parser() -> argparse.ArgumentParser:
     eo.add_argument("--truth", required=True, help="manifest CSV (targets) or a folder of same-named images")
     eo.add_argument("--out", required=True)
     eo.add_argument("--split", default=None)
-    eo.add_argument("--pixel-size-um", type=float, default=None, help="override/supply the pixel size")
+    eo.add_argument("--pixel-size-um", type=float, default=None,
+                    help="in-plane pixel size in um; wins over the manifest's pixel_size_um column, "
+                         "which wins over the image metadata")
     eo.add_argument("--radius-um", type=_radii, default=None,
                     help="radii, e.g. 4,1 or 4,1,nuclear (default: 4,1,nuclear; nuclear only without pixel size)")
     eo.add_argument("--labels", action="store_true", help="inputs are instance label images, not intensities")
-    eo.add_argument("--match", choices=("centroid", "bbox"), default="centroid",
-                    help="optimal centroid matching, or the paper's bounding-box overlap maximisation")
+    eo.add_argument("--match", choices=("centroid", "bbox", "bbox-best"), default="centroid",
+                    help="centroid (default): one-to-one optimal centroid assignment within "
+                         "--max-distance-um; bbox: one-to-one bounding-box assignment maximising the "
+                         "total overlap (IoU); bbox-best: the actin->nucleus paper's rule (Vasudevan "
+                         "et al.), each prediction paired with the real box it overlaps most, so "
+                         "several predictions may share one real nucleus")
     eo.add_argument("--max-distance-um", type=float, default=None, help="matching cut-off (default: largest radius)")
     eo.add_argument("--threshold", type=_threshold, default="otsu", help="otsu, li, triangle or a value")
     eo.add_argument("--sigma-px", type=float, default=1.0, help="smoothing before thresholding")

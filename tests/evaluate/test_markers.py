@@ -47,6 +47,21 @@ def test_planted_blobs_2d(method, seed):
     assert_found_all(found, centres)
 
 
+def test_default_is_difference_of_gaussians_and_finds_planted_blobs(monkeypatch):
+    """The default detector is skimage's blob_dog (the marker study's DoG), never blob_log."""
+    from cytogen.evaluate import markers
+
+    calls = []
+    real_dog = markers.blob_dog
+    monkeypatch.setattr(markers, "blob_dog", lambda *a, **k: calls.append("dog") or real_dog(*a, **k))
+    monkeypatch.setattr(markers, "blob_log", lambda *a, **k: pytest.fail("default used blob_log"))
+    rng = np.random.default_rng(7)
+    centres = separated_centres((128, 128), 12, 20, rng)
+    img = gaussian_blobs((128, 128), centres, 3.0, rng)
+    assert_found_all(markers.detect_markers(img, pixel_size_um=(0.5, 0.5), nucleus_diameter_um=4.25), centres)
+    assert calls == ["dog"]
+
+
 def test_planted_blobs_3d_isotropic_and_anisotropic():
     rng = np.random.default_rng(3)
     shape = (32, 64, 64)
@@ -60,7 +75,7 @@ def test_planted_blobs_3d_isotropic_and_anisotropic():
 def test_detect_constant_and_errors():
     assert detect_markers(np.zeros((32, 32))).shape == (0, 2)
     assert detect_markers(np.ones((8, 16, 16))).shape == (0, 3)
-    with pytest.raises(CytogenError, match="'log' or 'dog'"):
+    with pytest.raises(CytogenError, match="'dog' \\(default\\) or 'log'"):
         detect_markers(np.eye(16), method="doh")
     with pytest.raises(CytogenError, match="threshold_rel"):
         detect_markers(np.eye(16), threshold_rel=1.5)

@@ -6,7 +6,7 @@ from scipy.optimize import linear_sum_assignment
 
 from cytogen.errors import CytogenError
 from cytogen.evaluate import matching
-from cytogen.evaluate.matching import Matching, box_iou, match_bboxes, match_centroids
+from cytogen.evaluate.matching import Matching, box_iou, match_bboxes, match_bboxes_best, match_centroids
 from cytogen.evaluate.stats import fraction_within
 
 LENGTHS = np.array([0.0, 0.5, 1.0, 2.0, 3.0, 4.5, 4.9, 7.0, 9.0])  # planted offsets; 7 and 9 exceed max 5
@@ -185,3 +185,34 @@ def test_match_bboxes_mixed_sizes_and_3d_equal_dense_optimum():
     with pytest.raises(CytogenError, match="2\\*d columns"):
         match_bboxes(np.zeros((2, 3)), np.zeros((2, 3)))
     assert match_bboxes(np.zeros((0, 4)), np.array([[0.0, 0, 1, 1]])).n_matched == 0
+
+
+def test_match_bboxes_best_is_the_papers_many_to_one_rule():
+    """Each prediction takes the real box it overlaps most; two predictions may share one."""
+    true = np.array([[0, 0, 10, 10], [0, 20, 10, 30], [50, 50, 60, 60]], float)
+    pred = np.array([
+        [0, 1, 10, 11],      # IoU 90/110 with true 0
+        [0, 3, 10, 13],      # IoU 70/130 with true 0: shares it (one-to-one would drop it)
+        [0, 9, 10, 21],      # IoU 10/210 with true 0 and true 1: tie -> the smaller index, true 0
+        [200, 200, 210, 210],
+    ], float)
+    m = match_bboxes_best(true, pred)
+    np.testing.assert_array_equal(m.idx_pred[np.argsort(m.idx_pred)], [0, 1, 2])
+    np.testing.assert_array_equal(m.idx_true[np.argsort(m.idx_pred)], [0, 0, 0])
+    np.testing.assert_allclose(np.sort(1 - m.distance), np.sort([90 / 110, 70 / 130, 10 / 210]))
+    assert (m.n_matched, m.n_true_matched, m.recall, m.precision) == (3, 1, 1 / 3, 3 / 4)
+    one = match_bboxes(true, pred)  # one-to-one: true 0 with pred 0, true 1 with pred 2
+    assert one.n_matched == one.n_true_matched == 2
+    # against the dense argmax on random boxes (2D and 3D)
+    rng = np.random.default_rng(5)
+    for d in (2, 3):
+        c = rng.uniform(0, 80, size=(60, d))
+        t = np.hstack([c - 4, c + 4])
+        q = rng.uniform(0, 80, size=(90, d))
+        pb = np.hstack([q - 3, q + 3])
+        iou = box_iou(np.repeat(t, len(pb), 0), np.tile(pb, (len(t), 1))).reshape(len(t), -1)
+        m = match_bboxes_best(t, pb)
+        hit = np.flatnonzero(iou.max(0) > 0)
+        np.testing.assert_array_equal(np.sort(m.idx_pred), hit)
+        order = np.argsort(m.idx_pred)
+        np.testing.assert_array_equal(m.idx_true[order], iou[:, hit].argmax(0))

@@ -5,15 +5,14 @@ import pytest
 from scipy.stats import binom, binomtest
 
 from cytogen.errors import CytogenError
-from cytogen.evaluate.stats import (
-    binom_log10_sf,
+from cytogen.evaluate.chance import (
     chance_probability_image,
     chance_probability_region,
-    clopper_pearson,
-    fraction_within,
+    chance_union_image,
+    chance_union_region,
     mean_chance,
-    wilson,
 )
+from cytogen.evaluate.stats import binom_log10_sf, clopper_pearson, fraction_within, wilson
 
 CASES = [(0, 1), (0, 10), (10, 10), (3, 10), (1, 2), (5785, 8151), (2328, 8151), (0, 8151), (8151, 8151)]
 
@@ -196,3 +195,84 @@ def test_mean_chance_and_fraction_within():
     assert math.isnan(fraction_within(np.array([]), 1.0, n_trials=0)["fraction"])
     with pytest.raises(CytogenError, match="n_trials"):
         fraction_within(d, 4.0, n_trials=3)
+
+
+def _brute_union(cs, shape, r, spacing):
+    """Pixels whose centre lies within r (physical) of any centroid, by brute force over all pixels."""
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1).reshape(-1, len(shape))
+    d = np.sqrt((((grid[:, None, :] - cs[None]) * np.asarray(spacing)) ** 2).sum(-1)).min(1)
+    return (d <= r).reshape(shape)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_union_image_equals_brute_force_union_of_discs(seed):
+    rng = np.random.default_rng(seed)
+    shape = (60, 80)
+    cs = np.concatenate([rng.uniform(-3, [63, 83], size=(12, 2)), [[10.0, 10.0], [13.0, 12.0]]])  # overlaps
+    want = _brute_union(cs, shape, 7.3, (1.0, 1.0)).mean()
+    assert chance_union_image(cs, shape, 7.3) == want
+    # overlapping discs: the union is smaller than the paper's sum of one disc per nucleus
+    assert want < chance_probability_image(cs, shape, 7.3).sum()
+    # disjoint interior discs: union = sum of the per-nucleus chances
+    far = np.array([[15.2, 15.7], [40.1, 60.3]])
+    assert chance_union_image(far, shape, 7.3) == pytest.approx(chance_probability_image(far, shape, 7.3).sum())
+    # 3D with anisotropic voxels (z 2 um, y/x 0.5 um), radius in um
+    shape3, sp = (12, 30, 30), (2.0, 0.5, 0.5)
+    c3 = rng.uniform(0, [12, 30, 30], size=(6, 3))
+    assert chance_union_image(c3, shape3, 4.0, spacing=sp) == _brute_union(c3, shape3, 4.0, sp).mean()
+    assert chance_union_image(np.zeros((0, 2)), shape, 5.0) == 0.0
+
+
+def _brute_allowed(labels, lbl, exclusion, spacing):
+    """Pixels of cell lbl farther than exclusion from every pixel of another label (image border no edge)."""
+    from scipy.spatial import cKDTree
+
+    idx = np.argwhere(labels == lbl) * np.asarray(spacing)
+    other = np.argwhere(labels != lbl) * np.asarray(spacing)
+    out = np.zeros(labels.shape, bool)
+    d = cKDTree(other).query(idx)[0] if len(other) else np.full(len(idx), np.inf)
+    out[tuple(np.argwhere(labels == lbl)[d > exclusion].T)] = True
+    return out
+
+
+def test_union_region_equals_brute_force_and_each_point_gets_its_own_cell():
+    labels = np.zeros((70, 110), np.int32)
+    labels[5:65, 5:60] = 1
+    labels[10:60, 60:105] = 2  # touches cell 1
+    sp = (1.0, 0.8)
+    true = np.array([[30.2, 20.1], [36.0, 27.5], [40.3, 80.6]])  # two real nuclei in cell 1, one in cell 2
+    at = np.array([[12.0, 50.0], [55.0, 100.0], [2.0, 2.0]])  # cell 1, cell 2, background near cell 1
+    r, excl = 6.0, 7.0
+    got = chance_union_region(true, labels, r, excl, spacing=sp, at_px=at)
+    want = []
+    for lbl, mine in ((1, true[:2]), (2, true[2:]), (1, true[:2])):
+        allowed = _brute_allowed(labels, lbl, excl, sp)
+        want.append(np.count_nonzero(allowed & _brute_union(mine, labels.shape, r, sp)) / allowed.sum())
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert got[0] > chance_probability_region(true[:1], labels, r, excl, spacing=sp)[0]  # union of two discs
+    # per-nucleus null at the same points: the mean over the real nuclei of the point's cell
+    per = chance_probability_region(true, labels, r, excl, spacing=sp)
+    np.testing.assert_allclose(chance_probability_region(true, labels, r, excl, spacing=sp, at_px=at),
+                               [per[:2].mean(), per[2], per[:2].mean()])
+    # a cell without a real nucleus has chance 0
+    assert chance_union_region(true[:2], labels, r, excl, spacing=sp, at_px=at[1:2])[0] == 0.0
+
+
+def test_region_filling_its_whole_box_has_no_phantom_edge():
+    """One cell covering the whole field: no edge anywhere, so every pixel is a possible position.
+
+    scipy's distance transform of an all-True crop measures from a phantom zero before the first
+    corner; the allowed positions must not depend on that.
+    """
+    labels = np.ones((40, 50), np.int32)
+    c = np.array([[20.3, 24.6]])
+    want = _brute_union(c, labels.shape, 6.0, (1.0, 1.0)).sum() / labels.size
+    assert chance_probability_region(c, labels, 6.0, 8.0)[0] == pytest.approx(want, rel=1e-12)
+    assert chance_union_region(c, labels > 0, 6.0, 8.0)[0] == pytest.approx(want, rel=1e-12)
+    # a rectangle filling the corner of the field: brute force agrees as well
+    corner = np.zeros((40, 50), np.int32)
+    corner[:25, :30] = 3
+    allowed = _brute_allowed(corner, 3, 4.0, (1.0, 1.0))
+    c2 = np.array([[12.0, 14.0]])
+    want2 = np.count_nonzero(allowed & _brute_union(c2, corner.shape, 6.0, (1.0, 1.0))) / allowed.sum()
+    assert chance_probability_region(c2, corner, 6.0, 4.0)[0] == pytest.approx(want2, rel=1e-12)

@@ -1,8 +1,10 @@
-"""One-to-one matching of true and predicted objects (numpy/scipy only).
+"""Matching of true and predicted objects (numpy/scipy only).
 
-:func:`match_centroids` pairs centroids by an optimal assignment within a distance;
-:func:`match_bboxes` is the paper's automatic matching, pairing bounding boxes by maximal total
-overlap ratio (IoU). Both find candidate pairs with a KD-tree, split the candidate bipartite graph
+:func:`match_centroids` pairs centroids one-to-one by an optimal assignment within a distance;
+:func:`match_bboxes` pairs bounding boxes one-to-one by maximal total overlap ratio (IoU);
+:func:`match_bboxes_best` is the rule of Vasudevan et al.: each predicted box is paired
+with the real box it overlaps most, so several predictions may share one real nucleus. The
+one-to-one matchings find candidate pairs with a KD-tree, split the candidate bipartite graph
 into connected components and solve each component exactly: components with a single true or a
 single predicted object (nearly all of them) are solved vectorised, the rest with
 ``scipy.optimize.linear_sum_assignment`` (or, for very large components, the sparse
@@ -27,7 +29,10 @@ DENSE_LIMIT = 1_000_000
 
 @dataclass(frozen=True)
 class Matching:
-    """A one-to-one matching between ``n_true`` true and ``n_pred`` predicted objects.
+    """A matching between ``n_true`` true and ``n_pred`` predicted objects.
+
+    One-to-one, except from :func:`match_bboxes_best`, where a true index may repeat (every
+    predicted index appears at most once in all matchings).
 
     Attributes
     ----------
@@ -48,13 +53,18 @@ class Matching:
 
     @property
     def n_matched(self) -> int:
-        """Number of matched pairs."""
+        """Number of matched pairs (= matched predicted objects)."""
         return int(len(self.idx_true))
 
     @property
+    def n_true_matched(self) -> int:
+        """Number of distinct true objects with at least one partner."""
+        return int(len(np.unique(self.idx_true)))
+
+    @property
     def recall(self) -> float:
-        """``n_matched / n_true`` (NaN without true objects)."""
-        return self.n_matched / self.n_true if self.n_true else float("nan")
+        """``n_true_matched / n_true`` (NaN without true objects)."""
+        return self.n_true_matched / self.n_true if self.n_true else float("nan")
 
     @property
     def precision(self) -> float:
@@ -230,8 +240,23 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
+def _box_pairs(true_boxes: np.ndarray, pred_boxes: np.ndarray, min_overlap: float):
+    """Checked boxes and all overlapping candidate pairs ``(i, j, iou)`` with ``iou > min_overlap``."""
+    t, p = _boxes(true_boxes, "true_boxes"), _boxes(pred_boxes, "pred_boxes")
+    if not 0.0 <= min_overlap < 1.0:
+        raise CytogenError(f"min_overlap must lie in [0, 1), got {min_overlap}")
+    if len(t) == 0 or len(p) == 0:
+        return t, p, None
+    if t.shape[1] != p.shape[1]:
+        raise CytogenError(f"true boxes are {t.shape[1] // 2}D but predicted boxes are {p.shape[1] // 2}D")
+    i, j = _box_candidates(t, p)
+    iou = box_iou(t[i], p[j])
+    keep = (iou > min_overlap) & (iou > 0)
+    return t, p, (i[keep], j[keep], iou[keep])
+
+
 def match_bboxes(true_boxes: np.ndarray, pred_boxes: np.ndarray, min_overlap: float = 0.0) -> Matching:
-    """The paper's automatic matching: pair bounding boxes one-to-one by maximal total overlap.
+    """Pair bounding boxes one-to-one by maximal total overlap.
 
     The overlap ratio is the box IoU (MATLAB ``bboxOverlapRatio(..., 'Union')``). Among pairs
     with ``IoU > min_overlap`` the matching maximising the total IoU is found exactly.
@@ -249,16 +274,39 @@ def match_bboxes(true_boxes: np.ndarray, pred_boxes: np.ndarray, min_overlap: fl
     Matching
         Pairs; ``distance`` holds ``1 - IoU`` (compute centroid distances of the pairs yourself).
     """
-    t, p = _boxes(true_boxes, "true_boxes"), _boxes(pred_boxes, "pred_boxes")
-    if not 0.0 <= min_overlap < 1.0:
-        raise CytogenError(f"min_overlap must lie in [0, 1), got {min_overlap}")
-    if len(t) == 0 or len(p) == 0:
+    t, p, cand = _box_pairs(true_boxes, pred_boxes, min_overlap)
+    if cand is None:
         return _empty(len(t), len(p))
-    if t.shape[1] != p.shape[1]:
-        raise CytogenError(f"true boxes are {t.shape[1] // 2}D but predicted boxes are {p.shape[1] // 2}D")
-    i, j = _box_candidates(t, p)
-    iou = box_iou(t[i], p[j])
-    keep = (iou > min_overlap) & (iou > 0)
-    i, j, iou = i[keep], j[keep], iou[keep]
+    i, j, iou = cand
     sel = _assign(i, j, -iou, len(t), len(p))
+    return _result(i, j, 1.0 - iou, sel, len(t), len(p))
+
+
+def match_bboxes_best(true_boxes: np.ndarray, pred_boxes: np.ndarray, min_overlap: float = 0.0) -> Matching:
+    """The rule of Vasudevan et al.: each predicted box paired with its best-overlap real box.
+
+    Every predicted box whose IoU with some real box exceeds ``min_overlap`` is paired with the
+    real box of largest IoU (MATLAB ``bboxOverlapRatio``, then the maximum per generated nucleus);
+    this is not one-to-one: several predictions may share one real nucleus. Ties go to the real
+    box with the smaller index.
+
+    Parameters
+    ----------
+    true_boxes, pred_boxes : ndarray, shape (N, 2*d) and (M, 2*d)
+        Boxes as for :func:`match_bboxes`.
+    min_overlap : float
+        Pairs must overlap by more than this IoU (0 = any positive overlap).
+
+    Returns
+    -------
+    Matching
+        Pairs (``idx_true`` may repeat); ``distance`` holds ``1 - IoU``.
+    """
+    t, p, cand = _box_pairs(true_boxes, pred_boxes, min_overlap)
+    if cand is None:
+        return _empty(len(t), len(p))
+    i, j, iou = cand
+    order = np.lexsort((i, -iou, j))  # per prediction: largest IoU first, then smaller true index
+    first = np.r_[True, j[order][1:] != j[order][:-1]] if len(order) else np.zeros(0, bool)
+    sel = order[first]
     return _result(i, j, 1.0 - iou, sel, len(t), len(p))

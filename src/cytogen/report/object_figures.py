@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from skimage.segmentation import find_boundaries
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from skimage.segmentation import find_boundaries  # noqa: E402
-
-from cytogen.report.figures import stretch  # noqa: E402
+from cytogen.report.figures import stretch
 
 
 def distance_hist_figure(nearest: np.ndarray, matched: np.ndarray, radii: list[tuple[str, float]],
                          unit: str) -> Figure:
     """Histograms of predicted-to-nearest-real distances (all) and of matched-pair distances."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    fig = Figure(figsize=(10, 3.4))  # no pyplot: importing this module leaves the backend alone
+    axes = fig.subplots(1, 2)
     for ax, d, title in ((axes[0], nearest, "all predicted: distance to nearest real"),
                          (axes[1], matched, "matched pairs")):
         d = np.asarray(d, float)
@@ -51,7 +48,8 @@ def overlay_figure(panels: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]],
     n = len(panels)
     ncol = min(3, n)
     nrow = int(np.ceil(n / ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(size * ncol, size * nrow), squeeze=False)
+    fig = Figure(figsize=(size * ncol, size * nrow))
+    axes = fig.subplots(nrow, ncol, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, (title, img, lt, lp) in zip(axes.ravel(), panels):
