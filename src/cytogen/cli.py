@@ -106,8 +106,9 @@ def _cmd_eval_pixels(a: argparse.Namespace) -> None:
     from cytogen.workflows.evaluate import evaluate_pixels
 
     r = evaluate_pixels(a.pred, a.truth, a.out, split=a.split, normalize=a.normalize)
-    print(json.dumps({"n_fields": r["n_fields"],
-                      **{k: v.get("median") for k, v in r["metrics"].items()}}))
+    print(f"note: {r['units']}; calibrated_* = {r['families']['calibrated']}", file=sys.stderr)
+    print(json.dumps({"n_fields": r["n_fields"], "normalize": r["normalize"],
+                      **{f"median_{k}": v.get("median") for k, v in r["metrics"].items()}}))
 
 
 def _radii(text: str) -> list[str | float]:
@@ -204,10 +205,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--data", default=None, help="manifest CSV instead of FILES")
     pr.add_argument("--split", default=None, help="manifest split to predict (default: test if any)")
     pr.add_argument("--out", required=True)
-    pr.add_argument("--tile", type=_ints, default=None, help="tile size, e.g. 256 or 256,256")
-    pr.add_argument("--overlap", type=float, default=0.25)
-    pr.add_argument("--batch-size", type=int, default=4)
-    pr.add_argument("--blend", choices=("gaussian", "linear", "constant"), default="gaussian")
+    pr.add_argument("--tile", type=_ints, default=None,
+                    help="tile size, e.g. 256 or 256,256 (default: the model's recipe "
+                         "predict.tile, else twice the training patch size)")
+    pr.add_argument("--overlap", type=float, default=None,
+                    help="fraction of a tile shared with its neighbours, in [0, 1) "
+                         "(default: the model's recipe predict.overlap)")
+    pr.add_argument("--batch-size", type=int, default=None,
+                    help="tiles per model call (default: the model's recipe predict.batch_size)")
+    pr.add_argument("--blend", choices=("gaussian", "linear", "constant"), default=None,
+                    help="tile blend window (default: the model's recipe predict.blend)")
     pr.add_argument("--output-format", choices=("tif", "ome-zarr"), default=None,
                     help="tif: predict in memory; ome-zarr: stream strip by strip with bounded "
                          "memory (default: ome-zarr for .zarr inputs, else tif)")
@@ -216,12 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="score predictions")
     esub = e.add_subparsers(dest="what", required=True)
-    ep = esub.add_parser("pixels", help="L1, MSE, SSIM, PSNR, Pearson r per field")
+    ep = esub.add_parser("pixels", help="Pearson r, raw and calibrated L1/MSE/SSIM/PSNR per field")
     ep.add_argument("--pred", required=True, help="folder of <name>.tif predictions")
     ep.add_argument("--truth", required=True, help="manifest CSV whose targets are the truth")
     ep.add_argument("--out", required=True)
     ep.add_argument("--split", default=None)
-    ep.add_argument("--normalize", choices=("percentile", "none"), default="percentile")
+    ep.add_argument("--normalize", choices=("percentile", "none"), default="percentile",
+                    help="percentile (default): prediction and truth both mapped by the truth's "
+                         "(x - p1) / (p99.8 - p1), errors in units of that range; none: target units")
     ep.set_defaults(func=_cmd_eval_pixels)
     eo = esub.add_parser("objects", help="nuclei found, matched and measured, with intervals and p-values")
     eo.add_argument("--pred", required=True, help="folder of <name>.tif predicted nucleus images")

@@ -24,6 +24,10 @@ def test_tiny_demo_writes_report_and_metrics(tmp_path, capsys):
     html = (out / "report.html").read_text()
     assert len(re.findall(r"data:image/png;base64,", html)) >= 3  # panels, loss curve, histograms
     assert "Pearson" in html and "<table>" in html
+    pix = metrics["pixel_metrics"]  # both families, named
+    assert set(pix["median_raw"]) == {"raw_l1", "raw_mse", "raw_ssim", "raw_psnr"}
+    assert set(pix["median_calibrated"]) == {"calibrated_l1", "calibrated_mse", "calibrated_ssim", "calibrated_psnr"}
+    assert "calibrated (affine fit to the truth, flatters)" in html and "raw_mse" in html
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n_test_fields"] >= 1
     # refuses to overwrite a non-empty folder
     assert main(["demo", "--out", str(out)]) == 2

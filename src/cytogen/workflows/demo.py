@@ -14,7 +14,7 @@ from cytogen.io.images import read_image, read_spec, stack_channels
 from cytogen.report.figures import loss_curve_figure, metric_hist_figure, panels_figure
 from cytogen.report.html import Section, write_report
 from cytogen.synth.cells import write_synthetic_dataset
-from cytogen.workflows.evaluate import evaluate_pixels, median_metric, write_json
+from cytogen.workflows.evaluate import evaluate_pixels, median_metric, pixel_summary_table, write_json
 from cytogen.workflows.evaluate_objects import evaluate_objects, object_sections
 from cytogen.workflows.predict import predict
 from cytogen.workflows.train import read_loss_log, train
@@ -75,7 +75,14 @@ def demo(out: str | Path, *, n_fields: int = 24, size: int = 256, seed: int = 0,
     total = time.perf_counter() - t0
     metrics = {
         "median_pearson_r": med_r, "passes_bar": med_r >= PEARSON_BAR, "bar": PEARSON_BAR,
-        "n_test_fields": result["n_fields"], "summary": result["metrics"],
+        "n_test_fields": result["n_fields"],
+        "pixel_metrics": {"units": result["units"], "families": result["families"],
+                          "median_raw": {k: median_metric(result, k) for k in
+                                         ("raw_l1", "raw_mse", "raw_ssim", "raw_psnr")},
+                          "median_calibrated": {k: median_metric(result, k) for k in
+                                                ("calibrated_l1", "calibrated_mse", "calibrated_ssim",
+                                                 "calibrated_psnr")}},
+        "summary": result["metrics"],
         "objects": {k: osum[k] for k in ("n_true", "n_pred", "n_matched", "recall", "precision",
                                            "median_distance", "unit", "within")},
         "train_steps": summary["steps"], "seconds": {"synthesize": round(t_synth, 1),
@@ -84,19 +91,23 @@ def demo(out: str | Path, *, n_fields: int = 24, size: int = 256, seed: int = 0,
     }
     write_json(out / "metrics.json", metrics)
     names = [p.name.split(".")[0] for p in written][:4]
-    table = [{"metric": k, **{s: v for s, v in d.items()}} for k, d in result["metrics"].items()]
+    table = pixel_summary_table(result)
     sections = [
         Section("Summary", [
             f"Median Pearson r on {result['n_fields']} held-out synthetic fields: {med_r:.3f} "
             f"(bar {PEARSON_BAR}: {'met' if med_r >= PEARSON_BAR else 'NOT met'}).",
             f"{summary['steps']} training steps in {t_train:.0f} s; whole demo {total:.0f} s.",
-        ], tables=[("Pixel metrics over held-out fields", table)]),
+            f"Pixel metrics: {result['units']}. raw = {result['families']['raw']}; "
+            f"{result['families']['calibrated']}.",
+        ], tables=[("Pixel metrics over held-out fields (raw: prediction as given; "
+                    "calibrated: affine fit to the truth, flatters)", table)]),
         Section("Input / prediction / truth", ["Actin (input), predicted nucleus, true nucleus."],
                 figures=[("held-out fields", prediction_panels(manifest, out / "predictions", names))]),
         Section("Training", figures=[("loss curve", loss_curve_figure(read_loss_log(out / "run")))]),
         Section("Per-field metrics", tables=[("per field", result["rows"])],
                 figures=[("distribution over fields", metric_hist_figure(
-                    {k: [r[k] for r in result["rows"]] for k in ("pearson_r", "ssim", "l1")}))]),
+                    {k: [r[k] for r in result["rows"]] for k in
+                     ("pearson_r", "raw_ssim", "raw_l1", "calibrated_ssim", "calibrated_l1")}))]),
     ] + object_sections(objects)
     write_report(out / "report.html", "cytogen demo: actin -> nucleus on synthetic cells", sections,
                  subtitle=f"data: {manifest}; model: {out / 'run' / 'model'}")

@@ -1,10 +1,15 @@
-"""``cytogen evaluate pixels``: score a folder of predictions against a manifest's targets."""
+"""``cytogen evaluate pixels``: score a folder of predictions against a manifest's targets.
+
+Every number is named by its family (see :mod:`cytogen.evaluate.pixel`): ``pearson_r`` on the
+prediction as given, ``raw_*`` errors of the prediction as given, and ``calibrated_*`` errors
+after an affine least-squares fit to the truth (slope clamped at >= 0), which flatter.
+"""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,8 +18,17 @@ import numpy as np
 
 from cytogen.data.manifest import read_manifest
 from cytogen.errors import CytogenError
-from cytogen.evaluate.pixel import METRICS, image_metrics, summarize
+from cytogen.evaluate.pixel import (DESCRIPTIONS, METRICS, PERCENTILES, SSIM_SIGMA, SSIM_UNDEFINED_REASON,
+                                    SSIM_WINDOW, image_metrics, summarize, units_note)
+from cytogen.io import atomic
 from cytogen.io.images import read_image, read_spec, stack_channels
+
+FAMILIES = {
+    "raw": "raw: the prediction as given against the truth; nothing fitted to the prediction",
+    "calibrated": ("calibrated (affine fit to the truth, flatters): the prediction replaced by "
+                   "slope * pred + offset fitted to the truth by least squares, slope clamped at >= 0 "
+                   "(an anti-correlated prediction becomes the constant mean of the truth)"),
+}
 
 
 def find_prediction(pred_dir: Path, name: str) -> Path | None:
@@ -27,33 +41,44 @@ def find_prediction(pred_dir: Path, name: str) -> Path | None:
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
-    """Write rows (dicts) to CSV atomically."""
+    """Write rows (dicts) to CSV atomically; columns in order of first appearance."""
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
-    return path
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=cols)
+    w.writeheader()
+    w.writerows(rows)
+    return atomic.write_text(path, buf.getvalue())
 
 
 def write_json(path: Path, obj: Any) -> Path:
-    """Write JSON atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float))
-    os.replace(tmp, path)
-    return path
+    """Write JSON atomically (numpy scalars written as floats)."""
+    return atomic.write_json(path, obj, default=float)
 
 
 def evaluate_pixels(pred: str | Path, truth: str | Path, out: str | Path, *,
                     split: str | None = None, normalize: str = "percentile") -> dict[str, Any]:
     """Compare ``PRED/<name>.tif`` with the manifest targets of the same name.
 
-    Writes ``OUT/pixel_metrics.csv`` (one row per field and channel) and
-    ``OUT/pixel_summary.json`` (mean/median/std/min/max per metric). Rows without a prediction
-    are skipped and counted, unless ``split`` is given, in which case all of that split's rows
-    must have one.
+    Writes ``OUT/pixel_metrics.csv`` (one row per field and channel, columns ``name``,
+    ``split``, ``channel`` and :data:`~cytogen.evaluate.pixel.METRICS`) and
+    ``OUT/pixel_summary.json`` (mean/median/std/min/max/n per metric, plus what the families,
+    units, SSIM window and PSNR data range are). Rows without a prediction are skipped and
+    counted, unless ``split`` is given, in which case all of that split's rows must have one.
+
+    Parameters
+    ----------
+    pred
+        Folder of predictions named like the manifest's fields.
+    truth
+        Manifest CSV whose targets are the truth.
+    out
+        Output folder.
+    split
+        Evaluate only this split (``None`` or ``"all"``: every row with a prediction).
+    normalize
+        ``"percentile"`` (default): prediction and truth both mapped by the truth's
+        ``(x - p1) / (p99.8 - p1)``, so errors are in units of the truth's 1-99.8 percentile
+        range; ``"none"``: errors in the target's own units.
     """
     pred_dir, out = Path(pred), Path(out)
     if not pred_dir.is_dir():
@@ -72,7 +97,11 @@ def evaluate_pixels(pred: str | Path, truth: str | Path, out: str | Path, *,
                 f"{p}: prediction is {pred_img.data.shape} but the target of field {e.name!r} is "
                 f"{truth_img.data.shape}; was it predicted from this manifest?"
             )
-        for r in image_metrics(pred_img.data, truth_img.data, normalize=normalize):
+        try:
+            metrics = image_metrics(pred_img.data, truth_img.data, normalize=normalize)
+        except CytogenError as err:
+            raise CytogenError(f"{p} (field {e.name!r} of {truth}): {err}") from None
+        for r in metrics:
             rows.append({"name": e.name, "split": e.split, **r})
     if not rows:
         raise CytogenError(
@@ -84,14 +113,41 @@ def evaluate_pixels(pred: str | Path, truth: str | Path, out: str | Path, *,
     if missing:
         print(f"note: {len(missing)} manifest field(s) have no prediction and were skipped",
               file=sys.stderr)
+    n_no_ssim = sum(1 for r in rows if not np.isfinite(r["raw_ssim"]))
+    if n_no_ssim:
+        print(f"note: SSIM is NaN for {n_no_ssim} field channel(s): {SSIM_UNDEFINED_REASON}", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "pixel_metrics.csv", rows)
-    summary = {"n_fields": len({r["name"] for r in rows}), "n_skipped": len(missing),
-               "normalize": normalize, "metrics": summarize(rows, METRICS)}
+    summary = {
+        "n_fields": len({r["name"] for r in rows}), "n_skipped": len(missing), "normalize": normalize,
+        "units": units_note(normalize), "normalization_percentiles": list(PERCENTILES),
+        "families": FAMILIES,
+        "ssim": {"window": f"{SSIM_WINDOW} px Gaussian per axis", "sigma": SSIM_SIGMA,
+                 "covariance": "population", "reference": "Wang et al. 2004",
+                 "n_undefined": n_no_ssim, "undefined_reason": SSIM_UNDEFINED_REASON},
+        "psnr": "10 log10(psnr_data_range^2 / mse), psnr_data_range = truth p99.8 - p1 in the metric units",
+        "descriptions": DESCRIPTIONS,
+        "metrics": summarize(rows, METRICS),
+    }
     write_json(out / "pixel_summary.json", summary)
     return {**summary, "rows": rows}
 
 
 def median_metric(result: dict[str, Any], key: str = "pearson_r") -> float:
-    """Median of a metric from :func:`evaluate_pixels`' result."""
+    """Median of a metric from :func:`evaluate_pixels`' result.
+
+    NaN if any row is NaN (e.g. Pearson r of a constant prediction), so an undefined field
+    cannot be dropped into a passing median.
+    """
     return float(np.median([r[key] for r in result["rows"]]))
+
+
+def pixel_summary_table(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows ``metric, family, median, mean, min, max, n, meaning`` for a report table."""
+    def family(k: str) -> str:
+        return ("calibrated (affine fit to the truth, flatters)" if k.startswith("calibrat")
+                else "raw (prediction as given)" if k.startswith("raw_") or k == "pearson_r" else "fit / range")
+    return [{"metric": k, "family": family(k), **{s: d.get(s, float("nan"))
+                                                  for s in ("median", "mean", "min", "max")},
+             "n": d["n"], "meaning": DESCRIPTIONS[k]}
+            for k, d in result["metrics"].items()]
