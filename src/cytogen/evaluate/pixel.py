@@ -21,7 +21,11 @@ Two families of metrics per channel, always named by family:
 SSIM is that of Wang et al. 2004: an 11 x 11 (11 x 11 x 11 in 3D) Gaussian window with
 sigma 1.5, population covariances, K1 = 0.01, K2 = 0.03, averaged over the positions where the
 whole window fits. An image smaller than 11 pixels along any axis has no such position: its
-SSIM is NaN (see :data:`SSIM_UNDEFINED_REASON`), never a smaller window. PSNR is
+SSIM is NaN (see :data:`SSIM_UNDEFINED_REASON`), never a smaller window. Unlike the other
+metrics SSIM depends on the images' zero point (its luminance term), so it differs between
+``normalize`` modes, and it assumes non-negative intensities: an inverted prediction whose local
+means are negative can score a positive SSIM; read it beside ``pearson_r``. The calibration fit
+minimises MSE, not SSIM, so ``calibrated_ssim`` can be below ``raw_ssim``. PSNR is
 ``10 log10(R**2 / MSE)`` with ``R`` the truth's ``p99.8 - p1`` range in the units the metric is
 computed in (1.0 after percentile normalisation), recorded per channel as
 ``psnr_data_range``; one hot pixel cannot move it the way it moves ``max - min``.
