@@ -335,3 +335,22 @@ def test_write_synthetic_dataset_3d_into_empty_folder(tmp_path, capsys):
     assert cells.data.shape[-3:] == (8, 48, 48)
     assert not (out / "masks" / "field_000_organelles.tif").exists()
     assert "3/3" in capsys.readouterr().err
+
+
+def test_write_synthetic_dataset_crash_leaves_nothing(tmp_path, monkeypatch):
+    """An error half-way (here in the third field) leaves no dataset folder and no temporary one."""
+    import cytogen.synth.cells as cells_mod
+
+    real = cells_mod.synth_field
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cells_mod, "synth_field", failing)
+    with pytest.raises(KeyboardInterrupt):
+        write_synthetic_dataset(tmp_path / "data", n_fields=4, shape=(48, 48), seed=0)
+    assert len(calls) == 3 and list(tmp_path.iterdir()) == []

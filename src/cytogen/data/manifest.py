@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from cytogen.errors import CytogenError
+from cytogen.io.atomic import atomic_file
 
 COLUMNS = ("name", "source", "target", "mask", "split", "pixel_size_um", "group")
 SPLITS = ("train", "val", "test")
@@ -170,8 +171,7 @@ def write_manifest(path: str | Path, entries: list[FieldEntry]) -> Path:
             r = p
         return r + (sep + chan if sep else "")
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(COLUMNS)
         for e in entries:
@@ -180,7 +180,6 @@ def write_manifest(path: str | Path, entries: list[FieldEntry]) -> Path:
                 rel(e.mask) if e.mask else "", e.split,
                 "" if e.pixel_size_um is None else repr(e.pixel_size_um), e.group or "",
             ])
-    os.replace(tmp, path)
     return path
 
 

@@ -1,7 +1,7 @@
 """Helpers shared by the image readers and writers of :mod:`cytogen.io`.
 
-Private module: axis normalisation (any stored axis order -> ``CYX`` / ``CZYX``), unit
-conversion to micrometres and atomic writes (files and directories).
+Private module: axis normalisation (any stored axis order -> ``CYX`` / ``CZYX``) and unit
+conversion to micrometres. Atomic writes live in :mod:`cytogen.io.atomic`.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ a truncated file.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -72,13 +73,62 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     _fsync_dir(path.parent)
 
 
+def _remove(path: Path) -> None:
+    """Delete a moved-aside previous version (folder, file or link)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+#: errno values of ``rename(folder, path)`` when something is already at ``path``.
+_OCCUPIED = {errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR}
+
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    """Rename the folder ``tmp`` onto ``path``, moving whatever is there aside first.
+
+    Concurrent writers of one ``path`` may each put their folder in place between another's
+    "move aside" and "rename": the loser of such a race moves the winner's folder aside in turn
+    and tries again, so every writer succeeds and the last one's folder stays. If the rename
+    fails for any other reason, the previous version is put back.
+    """
+    aside: list[Path] = []
+    try:
+        for _ in range(1000):
+            try:
+                os.rename(tmp, path)
+                break
+            except OSError as exc:
+                if exc.errno not in _OCCUPIED:
+                    raise
+            old = temp_sibling(path, "old")
+            try:
+                os.rename(path, old)
+                aside.append(old)
+            except FileNotFoundError:
+                pass  # another writer moved it away first
+        else:
+            raise OSError(f"could not move a new version onto {path}: other writers kept replacing it")
+    except BaseException:
+        if aside and not (path.exists() or path.is_symlink()):
+            os.rename(aside.pop(), path)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        for old in aside:
+            _remove(old)
+    _fsync_dir(path.parent)
+
+
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder path next to ``path``; swap it in only once complete.
 
     The caller creates and fills the folder. An existing ``path`` (folder or file) is moved
     aside, replaced by the new folder and then deleted; if the swap fails the old one is put
-    back. On an exception the temporary folder is removed and ``path`` is untouched.
+    back. On an exception the temporary folder is removed and ``path`` is untouched. Processes
+    writing the same ``path`` at once all succeed; the folder of the last one to finish stays.
     """
     path = Path(path)
     tmp = temp_sibling(path)
@@ -89,23 +139,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if not (path.exists() or path.is_symlink()):
-        os.rename(tmp, path)
-        _fsync_dir(path.parent)
-        return
-    old = temp_sibling(path, "old")
-    os.rename(path, old)
-    try:
-        os.rename(tmp, path)
-    except BaseException:
-        os.rename(old, path)
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _fsync_dir(path.parent)
-    if old.is_dir() and not old.is_symlink():
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        old.unlink(missing_ok=True)
+    _swap_in(tmp, path)
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:

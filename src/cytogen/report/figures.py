@@ -1,34 +1,33 @@
-"""Matplotlib figures for reports (headless Agg backend)."""
+"""Matplotlib figures for reports.
+
+Figures are built with the object-oriented API (:class:`matplotlib.figure.Figure`, rendered by
+the Agg canvas when saved), never through pyplot: importing this module does not switch the
+user's matplotlib backend, registers no figure with pyplot's global state, and works headless.
+"""
 
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+from cytogen.io.atomic import atomic_file
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
-    """Save a figure as PNG atomically and close it."""
+    """Save a figure as PNG atomically (see :mod:`cytogen.io.atomic`); returns ``path``."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     return path
 
 
 def figure_png_bytes(fig: Figure, dpi: int = 110) -> bytes:
-    """PNG bytes of a figure (the figure is closed)."""
+    """PNG bytes of a figure."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
     return buf.getvalue()
 
 
@@ -54,7 +53,8 @@ def panels_figure(rows: list[tuple[str, list[tuple[str, np.ndarray]]]], size: fl
     Images are ``(C, Y, X)`` or ``(C, Z, Y, X)`` (shown as the first channel's max projection).
     """
     ncol = max(len(cols) for _, cols in rows)
-    fig, axes = plt.subplots(len(rows), ncol, figsize=(size * ncol, size * len(rows)), squeeze=False)
+    fig = Figure(figsize=(size * ncol, size * len(rows)))
+    axes = fig.subplots(len(rows), ncol, squeeze=False)
     for r, (label, cols) in enumerate(rows):
         for c in range(ncol):
             ax = axes[r][c]
@@ -72,7 +72,8 @@ def panels_figure(rows: list[tuple[str, list[tuple[str, np.ndarray]]]], size: fl
 
 def loss_curve_figure(log: dict[str, np.ndarray]) -> Figure:
     """Training and validation loss against step, on a log scale."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     step = log.get("step")
     for key, style in (("train_loss", "-"), ("val_loss", "o-")):
         if key in log and step is not None:
@@ -90,7 +91,8 @@ def loss_curve_figure(log: dict[str, np.ndarray]) -> Figure:
 
 def metric_hist_figure(values: dict[str, np.ndarray]) -> Figure:
     """One histogram per metric (e.g. Pearson r per field)."""
-    fig, axes = plt.subplots(1, len(values), figsize=(3.2 * len(values), 2.8), squeeze=False)
+    fig = Figure(figsize=(3.2 * len(values), 2.8))
+    axes = fig.subplots(1, len(values), squeeze=False)
     for ax, (name, v) in zip(axes[0], values.items()):
         v = np.asarray(v, dtype=float)
         v = v[np.isfinite(v)]

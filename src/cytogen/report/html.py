@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import base64
 import html
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 
+from cytogen.io.atomic import write_text
 from cytogen.report.figures import figure_png_bytes
 
 _CSS = """
@@ -68,9 +68,5 @@ def render_html(title: str, sections: list[Section], subtitle: str = "") -> str:
 
 
 def write_report(path: str | Path, title: str, sections: list[Section], subtitle: str = "") -> Path:
-    """Write a self-contained HTML report atomically."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(render_html(title, sections, subtitle), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    """Write a self-contained HTML report atomically (see :mod:`cytogen.io.atomic`)."""
+    return write_text(path, render_html(title, sections, subtitle))

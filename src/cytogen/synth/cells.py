@@ -13,10 +13,7 @@ a manifest CSV, ready for ``cytogen train``.
 from __future__ import annotations
 
 import csv
-import os
-import shutil
 import sys
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +21,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from cytogen.errors import CytogenError
+from cytogen.io.atomic import atomic_dir
 from cytogen.synth import stains
 from cytogen.synth.layouts import make_layout
 
@@ -204,8 +202,8 @@ def write_synthetic_dataset(
     nucleus[, organelles]), ``masks/field_000_cells.tif``, ``masks/field_000_nuclei.tif``
     [``masks/field_000_organelles.tif``], ``manifest.csv`` (columns ``name, source, target, mask,
     split, pixel_size_um, group``; source = actin channel, target = nucleus channel) and
-    ``README.txt``. The folder is built next to ``out`` and renamed into place at the end, so a
-    crash never leaves a half-written dataset. Field ``i`` is ``synth_field(seed=[seed, i])``.
+    ``README.txt``. The folder is built next to ``out`` and renamed into place at the end
+    (:func:`cytogen.io.atomic.atomic_dir`), so a crash never leaves a half-written dataset. Field ``i`` is ``synth_field(seed=[seed, i])``.
 
     Returns
     -------
@@ -229,9 +227,8 @@ def write_synthetic_dataset(
         raise CytogenError("val_fraction and test_fraction must be in [0, 1) with a sum below 1, "
                            f"got {val_fraction} and {test_fraction}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with atomic_dir(out) as tmp:
+        tmp.mkdir()
         (tmp / "images").mkdir()
         (tmp / "masks").mkdir()
         splits = _splits(int(n_fields), val_fraction, test_fraction, int(seed))
@@ -271,10 +268,4 @@ def write_synthetic_dataset(
             f"(nucleus i lies in cell i). Voxel size {vox} um ({'y, x' if len(vox) == 2 else 'z, y, x'}). "
             f"manifest.csv pairs the actin channel (source) with the nucleus channel (target) and "
             f"assigns each field to train, val or test.\n")
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out / "manifest.csv"
