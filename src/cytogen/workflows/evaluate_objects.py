@@ -53,7 +53,7 @@ def collect_pairs(pred: Path, truth: Path, split: str | None = None) -> list[Fie
 
 
 def _fmt_log10(v: float | None) -> str:
-    return "n/a" if v is None else f"1e{v:.1f}" if v > -300 else f"10^({v:.0f})"
+    return "n/a" if v is None else f"10^({v:.1f})" if v > -300 else f"10^({v:.0f})"
 
 
 def object_sections(result: ObjectResult | dict[str, Any], max_overlays: int = 6) -> list[Section]:
