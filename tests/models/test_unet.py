@@ -160,7 +160,8 @@ def test_register_custom_model_and_duplicate_name():
     class Ident(nn.Module):
         def __init__(self, in_channels: int = 1, out_channels: int = 1, *, dims: int = 2):
             super().__init__()
-            self.dims = dims
+            self.in_channels, self.out_channels, self.dims = in_channels, out_channels, dims
+            self.size_multiple = (1,) * dims
 
         def forward(self, x):
             return x

@@ -12,16 +12,21 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from cytogen.models.protocol import check_generator_input
+
 __all__ = [
     "ACTIVATIONS",
     "FINAL_ACTIVATIONS",
     "NORMS",
     "ConvBlock",
+    "EncoderDecoder",
     "Down",
     "Up",
+    "check_generator_input",
     "conv_nd",
     "make_activation",
     "make_norm",
+    "validate_unet_args",
 ]
 
 NORMS = ("batch", "instance", "group", "none")
@@ -256,29 +261,6 @@ def validate_unet_args(*, dims: int, depth: int, final_activation: str | None, p
     if not pool_z and dims != 3:
         raise ValueError("pool_z=False only applies to dims=3")
     return final_activation
-
-
-def check_generator_input(model: nn.Module, x: Tensor) -> None:
-    """Rank, channel count and divisibility of a generator's input, with clear messages.
-
-    ``model`` must have ``dims``, ``in_channels`` and ``size_multiple`` (and may have ``depth``).
-    """
-    name = type(model).__name__
-    if x.ndim != model.dims + 2:
-        axes = "(B, C, Y, X)" if model.dims == 2 else "(B, C, Z, Y, X)"
-        raise ValueError(f"{name}(dims={model.dims}) expects a {axes} tensor, got shape "
-                         f"{tuple(x.shape)}")
-    if x.shape[1] != model.in_channels:
-        raise ValueError(f"{name} expects {model.in_channels} input channel(s), got "
-                         f"{x.shape[1]} (shape {tuple(x.shape)})")
-    spatial = tuple(x.shape[2:])
-    if any(s % m for s, m in zip(spatial, model.size_multiple)):
-        depth = getattr(model, "depth", None)
-        raise ValueError(
-            f"{name} input spatial size {spatial} must be divisible by {model.size_multiple} "
-            f"per axis (depth={depth}); pad or crop the input, or use "
-            f"cytogen.predict.predict_tiled(..., size_multiple=model.size_multiple)"
-        )
 
 
 class EncoderDecoder(nn.Module):

@@ -12,7 +12,9 @@ Adding a generator is one file plus one registry line::
     # src/cytogen/models/__init__.py  (the registry line: importing the file registers it)
     from cytogen.models import mynet  # noqa: F401
 
-Every generator maps ``(B, C_in, [Z,] Y, X) -> (B, C_out, [Z,] Y, X)``.
+Every generator maps ``(B, C_in, [Z,] Y, X) -> (B, C_out, [Z,] Y, X)`` and sets the attributes
+of :class:`cytogen.models.protocol.Generator` (``in_channels``, ``out_channels``, ``dims``,
+``size_multiple``); :func:`build_model` refuses a model that does not.
 """
 
 from __future__ import annotations
@@ -22,13 +24,15 @@ from typing import Any, TypeVar
 
 from torch import nn
 
+from cytogen.models.protocol import Generator, check_generator
 from cytogen.registry import Registry
 
-__all__ = ["MODELS", "build_model", "list_models", "model_arguments", "register_model"]
+__all__ = ["MODELS", "Generator", "build_model", "list_models", "model_arguments",
+           "register_model"]
 
 _F = TypeVar("_F", bound=Callable[..., nn.Module])
 
-#: Generators (and any other network built by name from a recipe's ``model`` section).
+#: Generators: the networks built by name from a recipe's ``model`` section.
 MODELS: Registry[nn.Module] = Registry("model")
 
 
@@ -50,11 +54,16 @@ def model_arguments(name: str) -> dict[str, Any]:
 def build_model(name: str, **kwargs: Any) -> nn.Module:
     """Build the model registered as ``name`` with keyword arguments.
 
+    The result satisfies :class:`~cytogen.models.protocol.Generator` (checked here).
+
     Raises
     ------
     CytogenError
         If ``name`` is unknown (the message lists the available names), an argument is not
-        accepted or missing (the message lists the accepted arguments), or an argument value is
-        invalid (the constructor raised ``ValueError``).
+        accepted or missing (the message lists the accepted arguments), an argument value is
+        invalid (the constructor raised ``ValueError``, e.g. ``dims=3`` for a 2D-only model),
+        or the built model breaks the generator protocol.
     """
-    return MODELS.build(name, **kwargs)
+    model = MODELS.build(name, **kwargs)
+    check_generator(model, name, kwargs)
+    return model

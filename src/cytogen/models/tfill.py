@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from cytogen.models.blocks import FINAL_ACTIVATIONS, make_activation
+from cytogen.models.blocks import FINAL_ACTIVATIONS, check_generator_input, make_activation
 from cytogen.models.registry import register_model
 
 __all__ = ["PixelNorm", "TFillCoarse", "TransformerBlock"]
@@ -260,20 +260,7 @@ class TFillCoarse(nn.Module):
         self.final_activation = make_activation(final_activation)
 
     def _check_input(self, x: Tensor) -> None:
-        if x.ndim != 4:
-            raise ValueError(f"TFillCoarse expects a (B, C, Y, X) tensor, got shape "
-                             f"{tuple(x.shape)}")
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"TFillCoarse expects {self.in_channels} input channel(s), got "
-                             f"{x.shape[1]} (shape {tuple(x.shape)})")
-        spatial = tuple(x.shape[2:])
-        if any(s % m for s, m in zip(spatial, self.size_multiple)):
-            raise ValueError(
-                f"TFillCoarse input spatial size {spatial} must be divisible by "
-                f"{self.size_multiple} per axis (n_down={self.n_down}); pad or crop the "
-                f"input, or use cytogen.predict.predict_tiled(..., "
-                f"size_multiple=model.size_multiple)"
-            )
+        check_generator_input(self, x)
 
     def position_embedding(self, grid: tuple[int, int]) -> Tensor:
         """Return the position embedding resized (bilinearly) to a token ``grid``.
