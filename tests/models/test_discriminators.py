@@ -232,3 +232,47 @@ def test_stylegan2_channels_last_and_bf16():
             low = d(None, x)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
     assert (low.float() - ref).abs().max() < 0.05 * ref.abs().max() + 1e-2
+
+
+# ---------------------------------------------------------------- unconditional option
+
+
+UNCOND = {"patchgan": dict(n_layers=2, base_channels=4),
+          "stylegan2": dict(image_size=16, base_channels=4, max_channels=8)}
+
+
+@pytest.mark.parametrize("name", sorted(UNCOND))
+@pytest.mark.parametrize("dims", [2, 3])
+def test_unconditional_critic_ignores_the_source(name, dims):
+    # Built exactly as the GAN task builds its discriminator (cond_channels = the generator's
+    # input channels), plus the recipe's kwargs: the source is then passed but not read.
+    kw = dict(in_channels=1, cond_channels=2, dims=dims, **UNCOND[name])
+    critic = build_discriminator(name, conditional=False, **kw).eval()
+    conditioned = build_discriminator(name, **kw).eval()
+    assert critic.cond_channels == 0 and not critic.conditional and conditioned.conditional
+    first = critic.model[0] if name == "patchgan" else critic.from_rgb[0]
+    assert first.in_channels == 1  # the network has no input for the source at all
+    spatial = (16,) * dims
+    target = torch.randn(2, 1, *spatial)
+    src_a, src_b = torch.randn(2, 2, *spatial), 5 + 3 * torch.randn(2, 2, *spatial)
+    with torch.no_grad():
+        y = critic(src_a, target)
+        torch.testing.assert_close(critic(src_b, target), y, rtol=0, atol=0)
+        torch.testing.assert_close(critic(None, target), y, rtol=0, atol=0)
+        assert not torch.allclose(critic(src_a, target + 1), y)  # the target still counts
+        # ... whereas the conditional one reads the source.
+        assert not torch.allclose(conditioned(src_a, target), conditioned(src_b, target))
+    # The target is still checked.
+    with pytest.raises(CytogenError, match="target"):
+        critic(src_a, torch.randn(2, 3, *spatial))
+
+
+def test_conditional_flag_must_be_a_bool_and_keeps_cyclegan_behaviour():
+    with pytest.raises(CytogenError, match="conditional"):
+        build_discriminator("patchgan", conditional="no")
+    assert discriminator_arguments("stylegan2")["conditional"] is True
+    # cond_channels=0 (CycleGAN) with either flag: unconditional, the source is None.
+    for flag in (True, False):
+        d = build_discriminator("patchgan", cond_channels=0, conditional=flag, n_layers=2,
+                                base_channels=4)
+        assert d(None, torch.randn(1, 1, 32, 32)).shape[:2] == (1, 1)
