@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from cytogen.errors import CytogenError
-from cytogen.losses import EMA, adversarial_loss, r1_penalty, soft_noisy_labels
+from cytogen.losses import EMA, adversarial_loss, check_soft_labels, r1_penalty, soft_noisy_labels
 
 
 @pytest.fixture(autouse=True)
@@ -54,8 +54,22 @@ def test_hinge_known_answers():
     real = torch.tensor([2.0, 0.5, -1.0])  # relu(1 - r) = 0, 0.5, 2
     fake = torch.tensor([-3.0, 0.0])  # relu(1 + f) = 0, 1
     assert d_loss(real, fake).item() == pytest.approx(2.5 / 3 + 0.5)
-    assert d_loss(real, fake, 0.3, 0.7).item() == pytest.approx(2.5 / 3 + 0.5)  # ignored
+    # Hard labels (what a task passes without soft labels) are accepted, as floats or tensors.
+    assert d_loss(real, fake, 1.0, 0.0).item() == pytest.approx(2.5 / 3 + 0.5)
+    assert d_loss(real, fake, torch.ones(3), torch.zeros(2)).item() == pytest.approx(2.5 / 3 + 0.5)
     assert g_loss(fake).item() == pytest.approx(1.5)
+
+
+def test_hinge_refuses_soft_labels_instead_of_ignoring_them():
+    d_loss, _ = adversarial_loss("hinge")
+    real, fake = torch.zeros(4, 1), torch.zeros(4, 1)
+    soft_real, soft_fake = soft_noisy_labels(0, (4, 1), generator=torch.Generator().manual_seed(1))
+    for labels in [(0.3, 0.7), (soft_real, soft_fake), (1.0, soft_fake), (soft_real, 0.0)]:
+        with pytest.raises(CytogenError, match="soft_labels"):
+            d_loss(real, fake, *labels)
+    # After the warm start the labels are exactly 1 and 0 again, which the hinge loss takes.
+    hard_real, hard_fake = soft_noisy_labels(10, (4, 1), warm_steps=10)
+    assert d_loss(real, fake, hard_real, hard_fake).item() == pytest.approx(2.0)
 
 
 def test_generator_loss_pushes_fake_logits_up():
@@ -90,12 +104,21 @@ def test_bf16_logits_give_float32_losses():
 # ---------------------------------------------------------------- soft noisy labels
 
 
-@pytest.mark.parametrize("step,magnitude", [(0, 0.10), (499, 0.10), (500, 0.08), (1000, 0.06),
-                                            (2000, 0.02), (2499, 0.02), (2500, 0.0),
-                                            (10_000, 0.0)])
-def test_soft_noisy_labels_schedule(step, magnitude):
+@pytest.mark.parametrize("warm,step,magnitude", [
+    # Sun et al.'s schedule: 2500 warm steps in five levels of 500.
+    (2500, 0, 0.10), (2500, 499, 0.10), (2500, 500, 0.08), (2500, 1000, 0.06),
+    (2500, 2000, 0.02), (2500, 2499, 0.02), (2500, 2500, 0.0), (2500, 10_000, 0.0),
+    # The period scales with the warm start: 250 steps give levels of 50.
+    (250, 0, 0.10), (250, 49, 0.10), (250, 50, 0.08), (250, 199, 0.04), (250, 200, 0.02),
+    (250, 249, 0.02), (250, 250, 0.0), (250, 499, 0.0),
+    # Not a multiple of 5: floor(5 i / 7) -> i = 0, 1 | 2 | 3, 4 | 5 | 6.
+    (7, 1, 0.10), (7, 2, 0.08), (7, 3, 0.06), (7, 4, 0.06), (7, 5, 0.04), (7, 6, 0.02),
+    (7, 7, 0.0),
+])
+def test_soft_noisy_labels_schedule(warm, step, magnitude):
     shape = (4, 1, 8, 8)
-    real, fake = soft_noisy_labels(step, shape, generator=torch.Generator().manual_seed(5))
+    real, fake = soft_noisy_labels(step, shape, warm_steps=warm,
+                                   generator=torch.Generator().manual_seed(5))
     assert real.shape == fake.shape == shape
     if magnitude == 0:
         assert (real == 1).all() and (fake == 0).all()
@@ -105,6 +128,36 @@ def test_soft_noisy_labels_schedule(step, magnitude):
     noise_real, noise_fake = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
     torch.testing.assert_close(real, 1 - magnitude * noise_real)
     torch.testing.assert_close(fake, magnitude * noise_fake)
+
+
+def test_soft_noisy_labels_always_five_levels_over_the_warm_start():
+    for warm in (5, 12, 250, 2500):
+        levels = []
+        for step in range(warm):
+            real, _ = soft_noisy_labels(step, (1,), warm_steps=warm, noise="uniform",
+                                        generator=torch.Generator().manual_seed(0))
+            first = torch.rand((1,), generator=torch.Generator().manual_seed(0)).item()
+            levels.append(round((1 - real.item()) / first, 6))
+        assert sorted(set(levels), reverse=True) == pytest.approx([0.10, 0.08, 0.06, 0.04, 0.02])
+        assert levels == sorted(levels, reverse=True)  # non-increasing in the step
+
+
+def test_check_soft_labels_refuses_what_cannot_take_effect():
+    ok = {"adversarial": "vanilla", "soft_labels": True, "soft_label_steps": 250}
+    check_soft_labels(ok, max_steps=2000)
+    check_soft_labels({"soft_labels": False, "soft_label_steps": 10**6}, max_steps=10)  # off
+    with pytest.raises(CytogenError, match="soft_label_steps=2500.*max_steps=2000"):
+        check_soft_labels(dict(ok, soft_label_steps=2500), max_steps=2000, source="r.yaml")
+    with pytest.raises(CytogenError, match="never end"):
+        check_soft_labels(dict(ok, soft_label_steps=2000), max_steps=2000)
+    with pytest.raises(CytogenError, match="hinge"):
+        check_soft_labels(dict(ok, adversarial="hinge"), max_steps=2000)
+    with pytest.raises(CytogenError, match="positive integer"):
+        check_soft_labels(dict(ok, soft_label_steps=0), max_steps=2000)
+    # The recipe dataclass works too.
+    from cytogen.config import GanConfig
+    with pytest.raises(CytogenError, match="never end"):
+        check_soft_labels(GanConfig(soft_labels=True, soft_label_steps=2500), max_steps=100)
 
 
 def test_soft_noisy_labels_uniform_and_statistics():

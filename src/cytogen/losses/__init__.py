@@ -9,9 +9,10 @@ from cytogen.losses.adversarial import (  # noqa: E402
     EMA,
     AdversarialLoss,
     adversarial_loss,
+    check_soft_labels,
     r1_penalty,
     soft_noisy_labels,
 )
 
-__all__ += ["ADVERSARIAL_KINDS", "EMA", "AdversarialLoss", "adversarial_loss", "r1_penalty",
-            "soft_noisy_labels"]
+__all__ += ["ADVERSARIAL_KINDS", "EMA", "AdversarialLoss", "adversarial_loss",
+            "check_soft_labels", "r1_penalty", "soft_noisy_labels"]

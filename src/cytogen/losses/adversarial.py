@@ -3,9 +3,10 @@
 * :func:`adversarial_loss` -- discriminator / generator losses on logits: ``"vanilla"``
   (Goodfellow et al. 2014, non-saturating generator), ``"lsgan"`` (Mao et al. 2017, as in
   pix2pix / CycleGAN) and ``"hinge"`` (Lim & Ye 2017, as in SAGAN / BigGAN).
-* :func:`soft_noisy_labels` -- the "warm start" of Sun et al. (Bioinformatics 2022): noisy
-  real/fake labels for the first 2500 iterations so the discriminator does not outrun the
-  generator.
+* :func:`soft_noisy_labels` -- the "warm start" of Sun et al. (2022): noisy real/fake labels
+  for the first iterations (2500 of their 20 000), in five decreasing noise levels, so the
+  discriminator does not outrun the generator; :func:`check_soft_labels` refuses settings
+  where it cannot work (a warm start as long as the run, or the label-free hinge loss).
 * :func:`r1_penalty` -- the gradient penalty on real images of Mescheder et al. (2018), used
   by StyleGAN2 (Vasudevan et al.'s discriminator).
 * :class:`EMA` -- exponential moving average of a model's weights for validation/prediction.
@@ -14,7 +15,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -23,8 +24,8 @@ from torch import Tensor, nn
 
 from cytogen.errors import CytogenError
 
-__all__ = ["ADVERSARIAL_KINDS", "EMA", "AdversarialLoss", "adversarial_loss", "r1_penalty",
-           "soft_noisy_labels"]
+__all__ = ["ADVERSARIAL_KINDS", "EMA", "AdversarialLoss", "adversarial_loss", "check_soft_labels",
+           "r1_penalty", "soft_noisy_labels"]
 
 ADVERSARIAL_KINDS = ("vanilla", "lsgan", "hinge")
 Label = float | Tensor
@@ -87,8 +88,20 @@ def _lsgan_g(fake: Tensor) -> Tensor:
     return (fake.float() - 1.0).square().mean()
 
 
+def _is_label(label: Label, value: float) -> bool:
+    """Whether ``label`` is exactly ``value`` (a float, or a tensor of only that value)."""
+    if isinstance(label, Tensor):
+        return bool((label == value).all())
+    return float(label) == value
+
+
 def _hinge_d(real: Tensor, fake: Tensor, real_label: Label = 1.0,
              fake_label: Label = 0.0) -> Tensor:
+    if not (_is_label(real_label, 1.0) and _is_label(fake_label, 0.0)):
+        raise CytogenError(
+            "the hinge loss (gan.adversarial: hinge) has no labels to soften, so soft noisy "
+            "labels cannot take effect; set gan.soft_labels: false, or use gan.adversarial: "
+            "vanilla or lsgan with soft labels")
     return F.relu(1.0 - real.float()).mean() + F.relu(1.0 + fake.float()).mean()
 
 
@@ -112,7 +125,9 @@ def adversarial_loss(kind: str) -> AdversarialLoss:
     BCE is binary cross-entropy with logits; means run over all logits (per sample or per
     patch). The ``vanilla`` generator loss is the non-saturating form of Goodfellow et al.
     (its gradient does not vanish when the discriminator confidently rejects fakes). The hinge
-    loss ignores the labels. Losses are computed in float32 (safe under bf16 autocast).
+    loss has no labels: its ``d_loss`` accepts only the hard labels 1 and 0 and raises
+    :class:`~cytogen.errors.CytogenError` for any other (e.g. soft noisy) labels rather than
+    ignore them. Losses are computed in float32 (safe under bf16 autocast).
 
     Parameters
     ----------
@@ -137,22 +152,27 @@ def adversarial_loss(kind: str) -> AdversarialLoss:
 
 def soft_noisy_labels(step: int, shape: Sequence[int], *,
                       generator: torch.Generator | None = None, warm_steps: int = 2500,
-                      period: int = 500, scale: float = 0.02, noise: str = "normal",
+                      levels: int = 5, scale: float = 0.02, noise: str = "normal",
                       device: torch.device | str | None = None,
                       dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
     """Real and fake labels for the discriminator, softened by noise during a warm start.
 
-    Sun et al. (Bioinformatics 2022, Methods) train 3D pix2pix / Vox2Vox-RU for 20 000
-    iterations; "for the first 2500 iterations the value of real and fake labels provided
-    for the discriminators were set to"::
+    Sun et al. (2022, Methods) train 3D pix2pix / Vox2Vox-RU for 20 000 iterations; "for the
+    first 2500 iterations the value of real and fake labels provided for the discriminators
+    were set to"::
 
         real label = 1 - (0.02 * (5 - floor(i / 500))) * N(0, 1)
         fake label = 0 + (0.02 * (5 - floor(i / 500))) * N(0, 1)
 
-    where ``i`` is the iteration number. With the defaults the magnitude
-    ``a = scale * (5 - floor(step / period))`` is 0.10 for steps 0-499, 0.08 for 500-999,
-    ..., 0.02 for 2000-2499; from ``warm_steps`` on the labels are exactly 1 and 0. (The
-    count ``5`` is ``warm_steps // period``.)
+    where ``i`` is the iteration number: five noise levels of 500 iterations each. Here the
+    period scales with the warm start, so any ``warm_steps`` keeps the five levels::
+
+        a(i) = scale * (levels - floor(levels * i / warm_steps))   for i < warm_steps
+        a(i) = 0                                                   for i >= warm_steps
+
+    With the defaults (2500 steps, 5 levels, 0.02) this is the paper's schedule: 0.10 for steps
+    0-499, 0.08 for 500-999, ..., 0.02 for 2000-2499; with ``warm_steps=250`` the levels last 50
+    steps each. From ``warm_steps`` on the labels are exactly 1 and 0.
 
     ``noise="normal"`` (default) follows the paper: zero-mean Gaussian noise of standard
     deviation ``a``, so labels can fall slightly outside [0, 1] (with the ``vanilla`` BCE
@@ -170,11 +190,11 @@ def soft_noisy_labels(step: int, shape: Sequence[int], *,
     generator : torch.Generator, optional
         Random generator (on ``device``) for reproducible labels.
     warm_steps : int
-        Length of the warm start (2500 in the paper).
-    period : int
-        Steps between decreases of the magnitude (500 in the paper).
+        Length of the warm start (2500 in Sun et al.; ``gan.soft_label_steps``).
+    levels : int
+        Number of noise levels the warm start is split into (5 in Sun et al.).
     scale : float
-        Magnitude decrement per period (0.02 in the paper).
+        Magnitude step between levels (0.02 in Sun et al.).
     noise : {"normal", "uniform"}
         Noise distribution, see above.
     device, dtype
@@ -187,18 +207,54 @@ def soft_noisy_labels(step: int, shape: Sequence[int], *,
     """
     if noise not in ("normal", "uniform"):
         raise CytogenError(f"noise must be 'normal' or 'uniform', got {noise!r}")
-    if step < 0 or warm_steps < 0 or period < 1 or scale < 0:
-        raise ValueError(f"need step >= 0, warm_steps >= 0, period >= 1, scale >= 0; got "
-                         f"{step}, {warm_steps}, {period}, {scale}")
+    if step < 0 or warm_steps < 0 or levels < 1 or scale < 0:
+        raise ValueError(f"need step >= 0, warm_steps >= 0, levels >= 1, scale >= 0; got "
+                         f"{step}, {warm_steps}, {levels}, {scale}")
     real = torch.ones(tuple(shape), device=device, dtype=dtype)
     fake = torch.zeros(tuple(shape), device=device, dtype=dtype)
     if step >= warm_steps:
         return real, fake
-    magnitude = scale * (warm_steps // period - step // period)
+    magnitude = scale * (levels - (levels * step) // warm_steps)
     draw = torch.randn if noise == "normal" else torch.rand
     real -= magnitude * draw(real.shape, generator=generator, device=device, dtype=dtype)
     fake += magnitude * draw(fake.shape, generator=generator, device=device, dtype=dtype)
     return real, fake
+
+
+def check_soft_labels(gan: Mapping[str, Any] | Any, max_steps: int,
+                      source: str = "recipe") -> None:
+    """Refuse soft-noisy-label settings that cannot take effect as written.
+
+    Call it when a recipe is validated (``gan`` is the recipe's ``gan`` section as a mapping or
+    a :class:`~cytogen.config.GanConfig`; ``max_steps`` is ``train.max_steps`` after command-line
+    overrides). Does nothing when ``gan.soft_labels`` is off.
+
+    Raises
+    ------
+    CytogenError
+        If ``soft_labels`` is on and ``soft_label_steps`` is not a positive integer, is not
+        shorter than ``max_steps`` (the warm start would never end; Sun et al. use 2500 of
+        20 000 iterations), or ``adversarial`` is ``hinge`` (no labels to soften).
+    """
+    def get(key: str, default: Any) -> Any:
+        return gan.get(key, default) if isinstance(gan, Mapping) else getattr(gan, key, default)
+
+    if not get("soft_labels", False):
+        return
+    steps = get("soft_label_steps", 2500)
+    if get("adversarial", "vanilla") == "hinge":
+        raise CytogenError(f"{source}: gan.soft_labels is on but gan.adversarial is hinge, which "
+                           "has no labels to soften; set gan.soft_labels: false or use "
+                           "gan.adversarial: vanilla or lsgan")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise CytogenError(f"{source}: gan.soft_label_steps must be a positive integer, got "
+                           f"{steps!r}")
+    if steps >= max_steps:
+        raise CytogenError(
+            f"{source}: gan.soft_label_steps={steps} is not shorter than train.max_steps="
+            f"{max_steps}, so the soft-label warm start would never end; set "
+            f"gan.soft_label_steps to a fraction of the run (Sun et al. use 2500 of 20 000 "
+            f"steps, i.e. about {max(1, max_steps // 8)} here) or gan.soft_labels: false")
 
 
 def r1_penalty(real_logits: Tensor, real_inputs: Tensor | Sequence[Tensor]) -> Tensor:
