@@ -187,13 +187,14 @@ def predict_bench(dims: int, image: np.ndarray, state: dict | None, device: str,
             bs, precision = 1, "32"
         else:
             settings = resolve_runtime("auto", compile=comp, accelerator=device)
-            fn, bs, precision = inference_fn(net, dims, settings, batch_size=batch), batch, settings.precision
+            fn, bs, precision = inference_fn(net, dims, settings), batch, settings.precision
             warm = image[(slice(None),) + tuple(slice(0, t) for t in tile)]
-            predict_tiled(fn, warm, tile=tile, batch_size=bs, size_multiple=mult, device=device)
+            predict_tiled(fn, warm, tile=tile, batch_size=bs, size_multiple=mult, device=device,
+                          pad_batches=bool(comp))
         reset_peak_rss()
         with Timer() as t:
             predict_tiled(fn, image, tile=tile, overlap=0.25, batch_size=bs, size_multiple=mult,
-                          device=device)
+                          device=device, pad_batches=bool(comp))
         mpx = float(np.prod(image.shape[1:])) / 1e6 / t.seconds
         gflops = flops_px * tiles_px / t.seconds / 1e9
         results.append({"benchmark": f"predict{dims}d", "variant": name, "shape": list(image.shape[1:]),

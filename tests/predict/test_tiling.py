@@ -325,6 +325,28 @@ def test_oom_halves_the_batch_and_gives_the_same_result(exc_factory):
     assert len([w for w in record if issubclass(w.category, RuntimeWarning)]) == 1
 
 
+def test_padded_batches_have_the_batch_size_in_use_before_and_after_an_oom_back_off():
+    """``pad_batches`` (used under --compile) pads short batches to the *current* batch size:
+    after halving 8 -> 4 every call, the last partial one included, has 4 tiles, so the
+    back-off can succeed instead of padding back to the 8 that failed."""
+    img = np.random.default_rng(9).normal(size=(2, 75, 61)).astype(np.float32)
+    ref = predict_tiled(affine_1x1, img, tile=(16, 16), batch_size=1)
+    # 6 x 5 = 30 tiles (starts 0,12,..,48,59 and 0,12,24,36,45): batches of 4 leave 2 over
+    fn, sizes = _failing_above(4, lambda: torch.OutOfMemoryError("CUDA out of memory"))
+    with pytest.warns(RuntimeWarning, match="batch size 4"):
+        out = predict_tiled(fn, img, tile=(16, 16), batch_size=8, pad_batches=True)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)  # padding cropped off
+    assert sizes == [8] + [4] * 8  # 7 full batches + the last 2 tiles padded to 4
+    fn, sizes = _failing_above(99, lambda: MemoryError())
+    np.testing.assert_allclose(
+        predict_tiled(fn, img, tile=(16, 16), batch_size=7, pad_batches=True), ref,
+        rtol=1e-5, atol=1e-5)
+    assert sizes == [7] * 5  # 30 = 4 x 7 + 2, the last padded to 7
+    fn, sizes = _failing_above(99, lambda: MemoryError())
+    predict_tiled(fn, img, tile=(16, 16), batch_size=7)
+    assert sizes == [7] * 4 + [2]  # without padding the last batch is short
+
+
 def test_oom_at_batch_size_one_raises_tile_oom_error_and_other_errors_pass():
     from cytogen.predict.oom import TileOOMError
 

@@ -8,9 +8,6 @@ patch size, the training recipe and the cytogen version. No pickles are ever wri
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from cytogen import __version__
 from cytogen.data.normalize import Normalizer
 from cytogen.errors import CytogenError
+from cytogen.io.atomic import atomic_dir
 from cytogen.models import build_model, list_models
 
 FORMAT = "cytogen-model"
@@ -29,12 +27,13 @@ FORMAT_VERSION = 1
 
 @dataclass
 class LoadedModel:
-    """A generator ready for prediction with its metadata."""
+    """A generator ready for prediction with its metadata (``folder``: where it was loaded from)."""
 
     net: torch.nn.Module
     meta: dict[str, Any]
     source_norm: Normalizer
     target_norm: Normalizer
+    folder: Path | None = None
 
     @property
     def dims(self) -> int:
@@ -54,7 +53,8 @@ def save_model_folder(folder: str | Path, net: torch.nn.Module, *, architecture:
                       source_channels: list[str], target_channels: list[str],
                       pixel_size_um: list[float] | None, patch_size: list[int],
                       recipe: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Path:
-    """Write the model folder atomically (built in a temporary folder, then renamed)."""
+    """Write the model folder atomically (built in a temporary folder, then swapped in by
+    :func:`cytogen.io.atomic.atomic_dir`, so a crash leaves the previous folder or none)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     meta = {
@@ -65,21 +65,11 @@ def save_model_folder(folder: str | Path, net: torch.nn.Module, *, architecture:
         "pixel_size_um": pixel_size_um, "patch_size": patch_size,
         "recipe": recipe or {}, **(extra or {}),
     }
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    with atomic_dir(folder) as tmp:
+        tmp.mkdir()
         save_file(state, str(tmp / "weights.safetensors"))
         (tmp / "model.json").write_text(json.dumps(meta, indent=2))
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 
@@ -115,4 +105,5 @@ def load_model_folder(folder: str | Path, device: str | torch.device = "cpu") ->
         raise CytogenError(f"{weights_path}: weights cannot be loaded ({exc}); the model folder is damaged") from exc
     net.to(device).eval()
     norm = meta["normalization"]
-    return LoadedModel(net, meta, Normalizer.from_dict(norm["source"]), Normalizer.from_dict(norm["target"]))
+    return LoadedModel(net, meta, Normalizer.from_dict(norm["source"]),
+                       Normalizer.from_dict(norm["target"]), folder)

@@ -215,10 +215,19 @@ def _read_batch(reader: StripReader, batch_js: list[tuple[int, ...]],
 
 
 def _call(fn: Callable[[torch.Tensor], torch.Tensor], tiles: np.ndarray, weigh: Callable,
-          device: torch.device, dtype: torch.dtype) -> np.ndarray | str:
-    """Weighted ``fn`` output of the batch, or the error text when memory ran out."""
+          device: torch.device, dtype: torch.dtype, pad_to: int = 0) -> np.ndarray | str:
+    """Weighted ``fn`` output of the batch, or the error text when memory ran out.
+
+    A batch of fewer than ``pad_to`` tiles is zero-padded to ``pad_to`` for the call and the
+    padding is cropped from the output.
+    """
+    n = tiles.shape[0]
     try:
-        return weigh(fn(torch.from_numpy(tiles).to(device=device, dtype=dtype)))
+        x = torch.from_numpy(tiles).to(device=device, dtype=dtype)
+        if n < pad_to:
+            x = torch.cat([x, x.new_zeros((pad_to - n, *x.shape[1:]))])
+        y = fn(x)
+        return weigh(y[:n] if n < pad_to and isinstance(y, torch.Tensor) else y)
     except Exception as exc:
         if not is_oom_error(exc):
             raise
@@ -263,6 +272,7 @@ def predict_tiled(
     sink: Callable[[int, np.ndarray], None] | None = None,
     transform: Callable[[np.ndarray], np.ndarray] | None = None,
     out_transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    pad_batches: bool = False,
 ) -> np.ndarray | None:
     """Apply ``fn`` to a whole image tile by tile and blend the tiles.
 
@@ -313,6 +323,12 @@ def predict_tiled(
     out_transform : callable, optional
         Applied to each finished block (float32 ``(C_out, rows, *rest)``) before the sink or
         the returned array, e.g. denormalisation; must keep the block's shape.
+    pad_batches : bool
+        Zero-pad every short batch (the image's last one, or all of an image with fewer tiles
+        than a batch) to the batch size in use and crop the padding from the output, so ``fn``
+        always sees one batch shape: a model under ``torch.compile`` then never recompiles for a
+        partial batch. The size padded to is the current one: after an out-of-memory back-off
+        it is the halved batch size, never the size that failed.
 
     Returns
     -------
@@ -360,7 +376,8 @@ def predict_tiled(
             def weigh(pred: object) -> np.ndarray:
                 return _weighted(pred, batch_js, tile_shape, windows, out_channels)
 
-            values = _call(fn, _read_batch(reader, batch_js, transform), weigh, device, dtype)
+            values = _call(fn, _read_batch(reader, batch_js, transform), weigh, device, dtype,
+                           bs if pad_batches else 0)
             if isinstance(values, str):  # out of memory: free, halve the batch and retry it
                 free_memory()
                 if bs == 1:

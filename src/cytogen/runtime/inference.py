@@ -9,8 +9,8 @@ import torch
 from cytogen.runtime.settings import RuntimeSettings
 
 
-def inference_fn(net: torch.nn.Module, dims: int, settings: RuntimeSettings,
-                 batch_size: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+def inference_fn(net: torch.nn.Module, dims: int, settings: RuntimeSettings
+                 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """Wrap ``net`` for batched inference under ``settings``.
 
     Parameters
@@ -21,14 +21,15 @@ def inference_fn(net: torch.nn.Module, dims: int, settings: RuntimeSettings,
         Spatial dimensionality (chooses ``channels_last`` or ``channels_last_3d``).
     settings : RuntimeSettings
         From :func:`~cytogen.runtime.resolve_runtime`.
-    batch_size : int, optional
-        With ``settings.compile``, smaller (last) batches are zero-padded to this size so the
-        compiled graph keeps one static shape instead of recompiling.
 
     Returns
     -------
     callable
         ``fn(x) -> y`` mapping a float32 ``(B, C, *tile)`` tensor to a float32 prediction.
+        With ``settings.compile`` the graph is compiled for static shapes, so every new batch
+        size compiles once more: give it equal batches, e.g. with
+        ``predict_tiled(..., pad_batches=True)``, which pads short batches to the batch size
+        in use (after an out-of-memory back-off, the smaller one).
     """
     net.eval()
     fmt = settings.memory_format(dims)
@@ -41,13 +42,10 @@ def inference_fn(net: torch.nn.Module, dims: int, settings: RuntimeSettings,
     device_type = next(net.parameters()).device.type
 
     def fn(x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        if settings.compile and batch_size and n < batch_size:
-            x = torch.cat([x, x.new_zeros((batch_size - n, *x.shape[1:]))])
         if fmt is not None:
             x = x.contiguous(memory_format=fmt)
         with torch.autocast(device_type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             y = model(x)
-        return y[:n].float()
+        return y.float()
 
     return fn

@@ -19,8 +19,10 @@ import torch
 from cytogen.data.manifest import read_manifest
 from cytogen.errors import CytogenError
 from cytogen.io.images import Image, read_spec, stack_channels, write_image
+from cytogen.io.atomic import write_json
 from cytogen.io.lazy import LazyImage, open_spec_lazy, stack_lazy
 from cytogen.io.ome_zarr import create_ome_zarr
+from cytogen.predict.defaults import TilingPlan, resolve_tiling
 from cytogen.predict.model_folder import LoadedModel, load_model_folder
 from cytogen.predict.oom import TileOOMError, smaller_tile
 from cytogen.predict.tiling import predict_tiled
@@ -30,31 +32,30 @@ from cytogen.runtime.inference import inference_fn
 T = TypeVar("T")
 
 
-def default_tile(model: LoadedModel) -> tuple[int, ...]:
-    """Tile size: the recipe's ``predict.tile``, else twice the training patch size."""
-    tile = (model.meta.get("recipe", {}).get("predict", {}) or {}).get("tile")
-    if tile:
-        return tuple(int(t) for t in tile)
-    return tuple(2 * int(p) for p in model.meta["patch_size"])
+def _settings(model: LoadedModel, settings: RuntimeSettings | None) -> RuntimeSettings:
+    """The given run-time settings, else ``precision="auto"`` resolved for the model's device."""
+    if settings is None:
+        settings = resolve_runtime("auto", accelerator=_device(model).type)
+    return settings
 
 
-def _tile_fn(model: LoadedModel, settings: RuntimeSettings | None, batch_size: int
+def _tile_fn(model: LoadedModel, settings: RuntimeSettings
              ) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.dtype]:
     """How the network is applied to a batch of tiles, and the dtype the tiles are sent in.
 
     The one place that decides how the generator runs at prediction time (both the in-memory
     and the streaming path use it): :func:`cytogen.runtime.inference.inference_fn` with the
-    run-time ``settings`` (default: resolved for the model's device with ``precision="auto"``),
-    built once per model and settings so a compiled graph is reused across images.
+    run-time ``settings``, built once per model and settings so a compiled graph is reused
+    across images. Under ``settings.compile`` the tiling pads short batches to the batch size
+    in use (``predict_tiled(..., pad_batches=True)``), so the graph sees one batch shape per
+    batch size.
     """
-    if settings is None:
-        settings = resolve_runtime("auto", accelerator=_device(model).type)
     cache = model.__dict__.setdefault("_tile_fns", {})
-    key = (settings.precision, settings.channels_last, settings.compile, int(batch_size))
+    key = (settings.precision, settings.channels_last, settings.compile)
     if key not in cache:
         if not settings.channels_last:  # --no-fast after a fast call: back to the default layout
             model.net.to(memory_format=torch.contiguous_format)
-        cache[key] = inference_fn(model.net, model.dims, settings, batch_size=batch_size)
+        cache[key] = inference_fn(model.net, model.dims, settings)
     return cache[key], torch.float32
 
 
@@ -78,15 +79,6 @@ def _check_input(model: LoadedModel, axes: str, n_channels: int, source: str) ->
         )
 
 
-def _tile_for(model: LoadedModel, tile: tuple[int, ...] | None) -> tuple[int, ...]:
-    tile = tuple(tile or default_tile(model))
-    if len(tile) == 1:
-        tile = tile * model.dims
-    if len(tile) != model.dims:
-        raise CytogenError(f"tile {tile} needs {model.dims} sizes for a {model.dims}D model")
-    return tile
-
-
 def _with_tile_backoff(run: Callable[[tuple[int, ...]], T], tile: tuple[int, ...],
                        shape: tuple[int, ...], multiple: Any, source: str) -> T:
     """``run(tile)``, again with half the tile per axis each time a single tile runs out of memory."""
@@ -104,8 +96,9 @@ def _with_tile_backoff(run: Callable[[tuple[int, ...]], T], tile: tuple[int, ...
 
 
 def predict_image(model: LoadedModel, image: Image, *, tile: tuple[int, ...] | None = None,
-                  overlap: float = 0.25, batch_size: int = 4, blend: str = "gaussian",
-                  source: str = "image", settings: RuntimeSettings | None = None) -> np.ndarray:
+                  overlap: float | None = None, batch_size: int | None = None,
+                  blend: str | None = None, source: str = "image",
+                  settings: RuntimeSettings | None = None) -> np.ndarray:
     """Predict the target channels of one image; returns float32 ``(C_out, ...)`` in target units.
 
     The whole image is normalised and predicted in memory. When the model runs out of memory
@@ -119,8 +112,8 @@ def predict_image(model: LoadedModel, image: Image, *, tile: tuple[int, ...] | N
     image
         Source image with the channels the model was trained on.
     tile, overlap, batch_size, blend
-        Tiling, see :func:`~cytogen.predict.tiling.predict_tiled`; the default tile is
-        :func:`default_tile`.
+        Tiling, see :func:`~cytogen.predict.tiling.predict_tiled`. None (the default) takes
+        the model's recipe (``predict.*``), see :func:`~cytogen.predict.defaults.resolve_tiling`.
     source
         Name of the input used in error messages.
     settings
@@ -130,16 +123,19 @@ def predict_image(model: LoadedModel, image: Image, *, tile: tuple[int, ...] | N
     _check_input(model, image.axes, image.data.shape[0], source)
     if not np.all(np.isfinite(image.data)):
         raise CytogenError(f"{source}: image contains NaN/Inf pixels; replace them before predicting")
+    plan = resolve_tiling(model, tile=tile, overlap=overlap, batch_size=batch_size, blend=blend)
     x = model.source_norm.normalize(image.data)
-    fn, dtype = _tile_fn(model, settings, batch_size)
+    settings = _settings(model, settings)
+    fn, dtype = _tile_fn(model, settings)
     multiple = getattr(model.net, "size_multiple", 1)
 
     def run(t: tuple[int, ...]) -> np.ndarray:
-        return predict_tiled(fn, x, tile=t, overlap=overlap, batch_size=batch_size,
+        return predict_tiled(fn, x, tile=t, overlap=plan.overlap, batch_size=plan.batch_size,
                              size_multiple=multiple, out_channels=model.out_channels,
-                             blend=blend, device=_device(model), dtype=dtype)
+                             blend=plan.blend, device=_device(model), dtype=dtype,
+                             pad_batches=settings.compile)
 
-    y = _with_tile_backoff(run, _tile_for(model, tile), image.spatial_shape, multiple, source)
+    y = _with_tile_backoff(run, plan.tile, image.spatial_shape, multiple, source)
     return model.target_norm.denormalize(y)
 
 
@@ -159,8 +155,9 @@ def _in_pieces(fn: Callable[[np.ndarray], np.ndarray], block: np.ndarray,
 
 
 def predict_image_stream(model: LoadedModel, image: LazyImage, target: str | Path, *,
-                         tile: tuple[int, ...] | None = None, overlap: float = 0.25,
-                         batch_size: int = 4, blend: str = "gaussian", source: str = "image",
+                         tile: tuple[int, ...] | None = None, overlap: float | None = None,
+                         batch_size: int | None = None, blend: str | None = None,
+                         source: str = "image",
                          compression: str | None = "zlib",
                          settings: RuntimeSettings | None = None) -> Path:
     """Predict a lazily opened image strip by strip into an OME-Zarr image at ``target``.
@@ -183,7 +180,7 @@ def predict_image_stream(model: LoadedModel, image: LazyImage, target: str | Pat
         Destination ``.ome.zarr`` folder (float32, the image's pixel size, the model's target
         channel names).
     tile, overlap, batch_size, blend
-        Tiling, see :func:`~cytogen.predict.tiling.predict_tiled`.
+        Tiling, as for :func:`predict_image` (None: from the model's recipe).
     source
         Name of the input used in error messages.
     compression : {"zlib", "zstd", None}
@@ -202,7 +199,9 @@ def predict_image_stream(model: LoadedModel, image: LazyImage, target: str | Pat
         stats = model.source_norm.stats_for_lazy(image.data)
     except CytogenError as exc:
         raise CytogenError(f"{source}: {exc}") from None
-    fn, dtype = _tile_fn(model, settings, batch_size)
+    plan = resolve_tiling(model, tile=tile, overlap=overlap, batch_size=batch_size, blend=blend)
+    settings = _settings(model, settings)
+    fn, dtype = _tile_fn(model, settings)
     multiple = getattr(model.net, "size_multiple", 1)
     shape = (model.out_channels, *image.spatial_shape)
     names = list(model.meta.get("target_channels") or []) or None
@@ -211,9 +210,11 @@ def predict_image_stream(model: LoadedModel, image: LazyImage, target: str | Pat
         with create_ome_zarr(target, shape, np.float32, image.axes, image.pixel_size_um, names,
                              compression, chunks=_zarr_chunks(shape, t)) as writer:
             try:
-                predict_tiled(fn, image.data, tile=t, overlap=overlap, batch_size=batch_size,
-                              size_multiple=multiple, out_channels=model.out_channels,
-                              blend=blend, device=_device(model), dtype=dtype, sink=writer.write,
+                predict_tiled(fn, image.data, tile=t, overlap=plan.overlap,
+                              batch_size=plan.batch_size, size_multiple=multiple,
+                              out_channels=model.out_channels, blend=plan.blend,
+                              device=_device(model), dtype=dtype, sink=writer.write,
+                              pad_batches=settings.compile,
                               transform=lambda x: model.source_norm.normalize(x, stats),
                               out_transform=lambda y: _in_pieces(model.target_norm.denormalize, y))
             except TileOOMError:
@@ -221,7 +222,7 @@ def predict_image_stream(model: LoadedModel, image: LazyImage, target: str | Pat
             except CytogenError as exc:
                 raise CytogenError(f"{source}: {exc}") from None
 
-    _with_tile_backoff(run, _tile_for(model, tile), image.spatial_shape, multiple, source)
+    _with_tile_backoff(run, plan.tile, image.spatial_shape, multiple, source)
     return target
 
 
@@ -230,11 +231,12 @@ def _stem(path: Path) -> str:
 
 
 def _jobs(files: list[str] | None, data: str | Path | None, split: str | None
-          ) -> list[tuple[str, list[str]]]:
+          ) -> list[tuple[str, list[str], float | None]]:
+    """``(name, source specs, manifest pixel size or None)`` per image to predict."""
     if bool(files) == (data is not None):
         raise CytogenError("give either image FILES or --data manifest.csv, not both or neither")
     if files:
-        return [(_stem(Path(f.partition("#")[0])), [f]) for f in files]
+        return [(_stem(Path(f.partition("#")[0])), [f], None) for f in files]
     entries = read_manifest(data, require_target=False)
     if split is None:
         split = "test" if any(e.split == "test" for e in entries) else "all"
@@ -242,7 +244,20 @@ def _jobs(files: list[str] | None, data: str | Path | None, split: str | None
     chosen = [e for e in entries if split == "all" or e.split == split]
     if not chosen:
         raise CytogenError(f"{data}: no rows with split={split}; use --split all|train|val|test")
-    return [(e.name, e.source) for e in chosen]
+    return [(e.name, e.source, e.pixel_size_um) for e in chosen]
+
+
+def _pixel_size(own: tuple[float, ...] | None, manifest_um: float | None, ndim: int
+                ) -> tuple[float, ...] | None:
+    """The manifest's in-plane ``pixel_size_um`` over the file's own, as training applies it.
+
+    As :func:`cytogen.data.datasets.read_field`: Y and X take the manifest value; a 3D stack
+    keeps the file's Z spacing when it has one, else Z takes the manifest value too.
+    """
+    if manifest_um is None:
+        return own
+    z = (own[0] if own else manifest_um,) if ndim == 3 else ()
+    return (*z, float(manifest_um), float(manifest_um))
 
 
 OUTPUT_FORMATS = ("tif", "ome-zarr")
@@ -254,14 +269,15 @@ def _is_zarr(spec: str) -> bool:
 
 def predict(model_dir: str | Path, out: str | Path, *, files: list[str] | None = None,
             data: str | Path | None = None, split: str | None = None,
-            tile: tuple[int, ...] | None = None, overlap: float = 0.25, batch_size: int = 4,
-            blend: str = "gaussian", progress: bool = True,
+            tile: tuple[int, ...] | None = None, overlap: float | None = None,
+            batch_size: int | None = None, blend: str | None = None, progress: bool = True,
             output_format: str | None = None, precision: str = "auto", fast: bool = True,
             compile: bool = False, accelerator: str = "auto") -> list[Path]:
     """Predict fields from files or a manifest and write ``OUT/<name>.tif`` or ``.ome.zarr``.
 
-    Output images are float32, keep the input's pixel size, and name their channels after
-    the model's targets. Inputs are never modified.
+    Output images are float32, carry the input's pixel size (a manifest's ``pixel_size_um``
+    column overrides the file's, as in training), and name their channels after the model's
+    targets. Inputs are never modified.
 
     Parameters
     ----------
@@ -273,10 +289,12 @@ def predict(model_dir: str | Path, out: str | Path, *, files: list[str] | None =
         Image files (``path#c=K`` picks a channel; ``a.tif;b.tif`` stacks channels), or a
         manifest CSV and the split to predict (default: ``test`` when present, else all).
     tile, overlap, batch_size, blend
-        Tiling, see :func:`~cytogen.predict.tiling.predict_tiled`. Out-of-memory errors halve
-        the batch size, then the tile (the image is started again).
+        Tiling, see :func:`~cytogen.predict.tiling.predict_tiled`. None (the default) takes
+        each from the model's training recipe (``predict.tile`` etc.; an unset tile is twice
+        the training patch size), see :func:`~cytogen.predict.defaults.resolve_tiling`.
+        Out-of-memory errors halve the batch size, then the tile (the image is started again).
     progress
-        Print one line per image to stderr.
+        Print the tiling used, notes and one line per image to stderr.
     output_format : {"tif", "ome-zarr"}, optional
         ``"tif"``: the image is read and predicted in memory (OME-TIFF output).
         ``"ome-zarr"``: the input is opened lazily (OME-Zarr or TIFF) and predicted strip by
@@ -288,7 +306,8 @@ def predict(model_dir: str | Path, out: str | Path, *, files: list[str] | None =
         channels-last, bf16 autocast where the hardware runs it faster, batches of tiles
         under ``inference_mode``; ``fast=False`` is plain float32; ``compile=True`` adds
         ``torch.compile`` (worth it for many or large images). Written to
-        ``OUT/runtime.json``.
+        ``OUT/runtime.json`` with the tiling used and where each setting came from
+        (``"tiling"``: values and ``"from"``: given / recipe / default).
 
     Returns
     -------
@@ -300,9 +319,10 @@ def predict(model_dir: str | Path, out: str | Path, *, files: list[str] | None =
                            "use --output-format tif or ome-zarr")
     settings = resolve_runtime(precision, fast=fast, compile=compile, accelerator=accelerator)
     model = load_model_folder(model_dir, device="cuda" if settings.device == "cuda" else "cpu")
+    plan = resolve_tiling(model, tile=tile, overlap=overlap, batch_size=batch_size, blend=blend)
     jobs = _jobs(files, data, split)
     out = Path(out)
-    inputs = {Path(s.partition("#")[0]).resolve() for _, specs in jobs for s in specs}
+    inputs = {Path(s.partition("#")[0]).resolve() for _, specs, _ in jobs for s in specs}
     out_r = out.resolve()
     for folder in {p.parent for p in inputs}:
         if out_r == folder or folder in out_r.parents:
@@ -310,9 +330,10 @@ def predict(model_dir: str | Path, out: str | Path, *, files: list[str] | None =
                                "choose a separate --out so inputs can never be overwritten")
     out.mkdir(parents=True, exist_ok=True)
     settings.apply()
-    tiling = dict(tile=tile, overlap=overlap, batch_size=batch_size, blend=blend, settings=settings)
+    tiling = dict(**plan.kwargs(), settings=settings)
+    names = list(model.meta.get("target_channels") or []) or None
     written = []
-    for i, (name, specs) in enumerate(jobs, 1):
+    for i, (name, specs, pixel_um) in enumerate(jobs, 1):
         fmt = output_format or ("ome-zarr" if all(_is_zarr(s) for s in specs) else "tif")
         target = out / (f"{name}.ome.zarr" if fmt == "ome-zarr" else f"{name}.tif")
         if target.resolve() in inputs:
@@ -320,16 +341,19 @@ def predict(model_dir: str | Path, out: str | Path, *, files: list[str] | None =
         if fmt == "ome-zarr":
             with ExitStack() as stack:
                 image = stack_lazy([stack.enter_context(open_spec_lazy(s)) for s in specs])
+                image.pixel_size_um = _pixel_size(image.pixel_size_um, pixel_um,
+                                                  len(image.axes) - 1)
                 predict_image_stream(model, image, target, source=specs[0], **tiling)
         else:
             image = stack_channels([read_spec(s) for s in specs])
             pred = predict_image(model, image, source=specs[0], **tiling)
-            write_image(target, Image(pred, image.axes, image.pixel_size_um,
-                                      list(model.meta.get("target_channels") or []) or None))
+            pixel = _pixel_size(image.pixel_size_um, pixel_um, len(image.axes) - 1)
+            write_image(target, Image(pred, image.axes, pixel, names))
         written.append(target)
         if progress:
-            for note in settings.notes if i == 1 else []:  # once, after inputs proved valid
-                print(f"note: {note}", file=sys.stderr)
+            if i == 1:  # once, after the first input proved valid
+                for note in [plan.describe(), *plan.notes, *settings.notes]:
+                    print(f"note: {note}", file=sys.stderr)
             print(f"[{i}/{len(jobs)}] {name}: {image.spatial_shape} -> {target}", file=sys.stderr)
-    settings.write(out / "runtime.json")
+    write_json(out / "runtime.json", {**settings.to_dict(), "tiling": plan.to_dict()})
     return written
