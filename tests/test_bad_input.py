@@ -40,10 +40,16 @@ def world(tmp_path_factory):
                  "--out", str(root / "run"), "--max-steps", "2", *TINY]) == 0
     (root / "in").mkdir()
     tifffile.imwrite(root / "in" / "img3d.tif", rng.random((8, 32, 32)).astype(np.float32))
+    (root / "fl").mkdir()
+    write_image(root / "fl" / "a.tif", Image(rng.random((1, 16, 16)).astype(np.float32), "CYX"))
     return root
 
 
-def _manifest(root: Path, name: str, body: str) -> str:
+def _manifest(root: Path, name: str, body: str, *, extra_row: bool = False) -> str:
+    """Write a manifest; ``extra_row`` appends a valid field, so a run has one to hold out for validation
+    and the case fails on its own mistake, not on the missing validation field."""
+    if extra_row:
+        body += "img/s1.tif,img/t1.tif" + "," * (body.splitlines()[0].count(",") - 1) + "\n"
     (root / name).write_text(body)
     return str(root / name)
 
@@ -107,14 +113,14 @@ CASES = {
     "manifest pixel size zero": (lambda r: TRAIN + [_manifest(r, "m6.csv", "source,target,pixel_size_um\nimg/s0.tif,img/t0.tif,0\n"), "--out", f"{r}/o"], "positive"),
     "manifest no train rows": (lambda r: TRAIN + [_manifest(r, "m7.csv", "source,target,split\nimg/s0.tif,img/t0.tif,test\n"), "--out", f"{r}/o"], "split=train"),
     # images
-    "zero-byte tiff": (lambda r: TRAIN + [_manifest(r, "m8.csv", f"source,target\n{_file(r, 'zero.tif', b'')},img/t0.tif\n"), "--out", f"{r}/o"], "zero.tif"),
-    "truncated tiff": (lambda r: TRAIN + [_manifest(r, "m9.csv", f"source,target\n{_truncated(r)},img/t0.tif\n"), "--out", f"{r}/o"], "trunc.tif"),
+    "zero-byte tiff": (lambda r: TRAIN + [_manifest(r, "m8.csv", f"source,target\n{_file(r, 'zero.tif', b'')},img/t0.tif\n", extra_row=True), "--out", f"{r}/o"], "zero.tif"),
+    "truncated tiff": (lambda r: TRAIN + [_manifest(r, "m9.csv", f"source,target\n{_truncated(r)},img/t0.tif\n", extra_row=True), "--out", f"{r}/o"], "trunc.tif"),
     "garbage png": (lambda r: ["predict", f"{r}/run/model", _file(r, "bad.png", b"\x89PNG\r\n\x1a\nxxxx"), "--out", f"{r}/o"], "bad.png"),
     "unsupported suffix": (lambda r: ["predict", f"{r}/run/model", _file(r, "a.jpg", b"abc"), "--out", f"{r}/o"], "a.jpg"),
-    "shape mismatch": (lambda r: TRAIN + [_manifest(r, "m10.csv", "source,target\nimg/s0.tif,in/img3d.tif\n"), "--out", f"{r}/o"], "same size"),
-    "channel out of range": (lambda r: TRAIN + [_manifest(r, "m11.csv", "source,target\nimg/s0.tif#c=3,img/t0.tif\n"), "--out", f"{r}/o"], "channel"),
-    "nan pixels": (lambda r: TRAIN + [_manifest(r, "m12.csv", f"source,target\n{_nan_tif(r)},img/t0.tif\n"), "--out", f"{r}/o"], "NaN"),
-    "mask shape mismatch": (lambda r: TRAIN + [_manifest(r, "m13.csv", "source,target,mask\nimg/s0.tif,img/t0.tif,in/img3d.tif\n"), "--out", f"{r}/o"], "mask"),
+    "shape mismatch": (lambda r: TRAIN + [_manifest(r, "m10.csv", "source,target\nimg/s0.tif,in/img3d.tif\n", extra_row=True), "--out", f"{r}/o"], "same size"),
+    "channel out of range": (lambda r: TRAIN + [_manifest(r, "m11.csv", "source,target\nimg/s0.tif#c=3,img/t0.tif\n", extra_row=True), "--out", f"{r}/o"], "channel"),
+    "nan pixels": (lambda r: TRAIN + [_manifest(r, "m12.csv", f"source,target\n{_nan_tif(r)},img/t0.tif\n", extra_row=True), "--out", f"{r}/o"], "NaN"),
+    "mask shape mismatch": (lambda r: TRAIN + [_manifest(r, "m13.csv", "source,target,mask\nimg/s0.tif,img/t0.tif,in/img3d.tif\n", extra_row=True), "--out", f"{r}/o"], "mask"),
     "patch larger than field": (lambda r: TRAIN + [f"{r}/good.csv", "--out", f"{r}/o2", "--set", "data.patch_size=[128,128]"], "patch_size"),
     "3d recipe on 2d data": (lambda r: ["train", str(CONFIGS / "translate_unet3d.yaml"), "--data", f"{r}/good.csv", "--out", f"{r}/o3"], "2D"),
     # recipes
@@ -147,35 +153,59 @@ CASES = {
     "objects negative pixel size": (lambda r: ["evaluate", "objects", "--pred", f"{r}/img", "--truth", f"{r}/img", "--out", f"{r}/e3", "--pixel-size-um", "-1"], "positive"),
     "objects labels flag on float image": (lambda r: ["evaluate", "objects", "--pred", f"{r}/fl", "--truth", f"{r}/fl", "--out", f"{r}/e4", "--labels"], "--labels"),
     "demo into non-empty folder": (lambda r: ["demo", "--out", f"{r}/img"], "not empty"),
+    # data preparation
+    "synthesize into non-empty folder": (lambda r: ["synthesize", "cells", "--out", f"{r}/img"], "not empty"),
+    "synthesize zero fields": (lambda r: ["synthesize", "cells", "--out", f"{r}/s1", "--n-fields", "0"], "n_fields"),
+    "manifest builder no match": (lambda r: ["manifest", f"{r}/img", "--source", "zz*.tif", "--target", "t*.tif", "--out", f"{r}/mm.csv"], "no file matches"),
 }
 
 
-def _tree_hash(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+def _tree(folder: Path) -> dict[str, str]:
+    """Every file (with its content hash) and every folder under ``folder``, hidden ones included."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(folder.rglob("*"))}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_input_exits_2_with_one_clear_line(case, world, capsys):
-    (world / "fl").mkdir(exist_ok=True)
-    write_image(world / "fl" / "a.tif", Image(np.random.default_rng(0).random((1, 16, 16)).astype(np.float32), "CYX"))
     argv_fn, needle = CASES[case]
-    before = _tree_hash(world / "img")
-    argv = argv_fn(world)
+    argv = argv_fn(world)  # makes the case's own inputs
+    before = _tree(world)
     capsys.readouterr()
     assert main(argv) == 2, case
     err = capsys.readouterr().err.strip()
     assert err.startswith("cytogen: error:") and "Traceback" not in err
     assert len(err.splitlines()) == 1, err
     assert needle in err, err
-    assert _tree_hash(world / "img") == before  # inputs untouched
-    for out in ("o", "o6", "o7", "e", "e2", "e3", "e4"):
-        leftovers = [p for p in (world / out).rglob("*") if p.is_file()] if (world / out).exists() else []
-        assert not leftovers, f"{case}: partial output {leftovers}"
+    after = _tree(world)
+    # inputs untouched and no partial output: nothing anywhere under the test folder changed,
+    # appeared (output files, temp files, empty output folders) or went missing
+    changed = sorted(k for k in before.keys() & after.keys() if before[k] != after[k])
+    assert not changed, f"{case}: modified {changed}"
+    assert not sorted(after.keys() - before.keys()), f"{case}: partial output {sorted(after.keys() - before.keys())}"
+    assert not sorted(before.keys() - after.keys()), f"{case}: removed {sorted(before.keys() - after.keys())}"
 
 
-def test_at_least_30_distinct_cases():
-    assert len(CASES) >= 30
+def _leaf_commands(parser) -> set[tuple[str, ...]]:
+    """Every runnable command of an argparse parser, e.g. ``("evaluate", "pixels")``."""
+    import argparse
+
+    out = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                out |= {(name, *rest) for rest in _leaf_commands(sub)} or {(name,)}
+    return out
+
+
+def test_every_cli_command_has_a_bad_input_case(world):
+    """A new command (or one whose cases were dropped) fails here until it gets a bad-input case."""
+    from cytogen.cli import build_parser
+
+    leaves = _leaf_commands(build_parser())
+    assert ("evaluate", "objects") in leaves and ("train",) in leaves  # the walk finds nested commands
+    covered = {leaf for fn, _ in CASES.values() for leaf in leaves if tuple(fn(world)[: len(leaf)]) == leaf}
+    assert covered == leaves, f"commands without a bad-input case: {sorted(leaves - covered)}"
 
 
 def test_constant_images_and_empty_masks_are_handled(tmp_path):
