@@ -66,6 +66,8 @@ def test_predict_and_evaluate_from_manifest_and_files(trained, synth_set, tmp_pa
     img = read_image(outs[0])
     assert img.data.dtype == np.float32 and img.data.shape == (1, 128, 128)
     assert img.pixel_size_um == pytest.approx((0.5, 0.5)) and img.channel_names == ["nucleus"]
+    tiling = json.loads((pred / "runtime.json").read_text())["tiling"]  # train -> model.json -> predict
+    assert tiling["tile"] == [64, 64] and tiling["from"]["tile"] == "recipe"
     ev = tmp_path / "eval"
     assert main(["evaluate", "pixels", "--pred", str(pred), "--truth", str(synth_set), "--split", "test",
                  "--out", str(ev)]) == 0
