@@ -2,9 +2,10 @@
 
 Stage 1 is a U-Net on the input; stage ``k`` is a U-Net on the channel-wise concatenation of
 the input and the outputs of all earlier stages. Each stage ends in its own output
-activation (``tanh`` / ``gelu`` alternating in the mask -> nuclei generator of Cosacak &
-Kizil). The model's output is the last stage's output; :meth:`UNetChain.forward_all`
-returns every stage's output for deep supervision.
+activation (Cosacak & Kizil, masks -> nuclei: ``tanh, gelu, tanh`` for the 3x U-Net, which
+beat all-``tanh``; ``gelu`` in the *last* stage abolished performance). The model's output is
+the last stage's output; :meth:`UNetChain.forward_all` returns every stage's output for deep
+supervision.
 """
 
 from __future__ import annotations
@@ -86,6 +87,9 @@ class UNetChain(nn.Module):
         Normalisation after each conv.
     dropout : float
         Dropout probability at the end of each conv block.
+    decoder_dropout : float
+        Dropout in the three innermost decoder blocks of every U-Net (the pix2pix generator
+        the paper builds on uses 0.5 there).
     channel_multiplier, max_channels : int
         Channel growth per level and cap (see :class:`~cytogen.models.unet.UNet`).
     activation : str
@@ -121,6 +125,7 @@ class UNetChain(nn.Module):
         stage_activation: str | None | Sequence[str | None] = "tanh",
         norm: str = "batch",
         dropout: float = 0.0,
+        decoder_dropout: float = 0.0,
         channel_multiplier: int = 2,
         max_channels: int = 512,
         activation: str = "relu",
@@ -151,6 +156,7 @@ class UNetChain(nn.Module):
                 norm=norm,
                 kernel_size=kernel_size,
                 dropout=dropout,
+                decoder_dropout=decoder_dropout,
                 activation=activation,
                 final_activation=act,
                 upsample=upsample,
