@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from cytogen.config import PredictConfig, recipe_from_dict
 from cytogen.errors import CytogenError
 from cytogen.predict.model_folder import LoadedModel
@@ -95,11 +97,11 @@ def _recipe_section(model: LoadedModel) -> tuple[dict[str, Any] | None, PredictC
 
 
 def _tile(value: Any, dims: int, what: str) -> tuple[int, ...]:
-    tile = (value,) if isinstance(value, int) else tuple(value)
+    tile = (value,) if isinstance(value, (int, np.integer)) else tuple(value)
     if len(tile) == 1:
         tile = tile * dims
-    if len(tile) != dims or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 1
-                                    for t in tile):
+    if len(tile) != dims or not all(isinstance(t, (int, np.integer)) and not isinstance(t, bool)
+                                    and t >= 1 for t in tile):
         raise CytogenError(f"{what} {value!r}: give one positive size, or {dims} sizes for a "
                            f"{dims}D model")
     return tuple(int(t) for t in tile)
@@ -110,7 +112,8 @@ def _check(overlap: Any, batch_size: Any, what: dict[str, str]) -> None:
         if not 0.0 <= float(overlap) < 1.0:
             raise CytogenError(f"{what['overlap']} is {overlap!r}; an overlap is a fraction of "
                                "the tile in [0, 1), e.g. 0.25")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+            or batch_size < 1):
         raise CytogenError(f"{what['batch_size']} is {batch_size!r}; give a positive integer")
 
 
