@@ -1,4 +1,5 @@
-"""Shared fixtures: the real data folder (skipped where absent) and small synthetic sets."""
+"""Shared fixtures: the real data folder (skipped where absent), small synthetic sets, a seed,
+one intra-op thread, and the bundled recipes with tiny training overrides."""
 
 from __future__ import annotations
 
@@ -8,6 +9,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
+CONFIGS = REPO / "src" / "cytogen" / "configs"
+
+#: ``--set`` overrides that make a 2D U-Net recipe train in seconds on a CPU.
+TINY_UNET_2D = ("model.kwargs.base_channels=4", "model.kwargs.depth=2", "data.patch_size=[32,32]",
+                "data.batch_size=2", "data.patches_per_epoch=4", "data.val_patches=2")
 
 
 @pytest.fixture(scope="session")
@@ -25,3 +31,50 @@ def synth_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("synth") / "set"
     return write_synthetic_dataset(out, n_fields=8, shape=(128, 128), seed=3)
+
+
+@pytest.fixture(scope="session")
+def synth3d(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic 3D dataset (manifest path): 4 fields of 16 x 64 x 64, made once per session."""
+    from cytogen.synth.cells import write_synthetic_dataset
+
+    return write_synthetic_dataset(tmp_path_factory.mktemp("synth3d") / "set", n_fields=4,
+                                   shape=(16, 64, 64), seed=2)
+
+
+@pytest.fixture()
+def seeded() -> int:
+    """Seed torch and numpy's global generators with 0 (returns the seed)."""
+    import numpy as np
+    import torch
+
+    torch.manual_seed(0)
+    np.random.seed(0)
+    return 0
+
+
+@pytest.fixture()
+def one_thread():
+    """Run the test with one intra-op thread, then restore the count.
+
+    Tiny models are overhead-bound, and on a shared CI CPU two threads contend and run
+    several times slower.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def configs() -> Path:
+    """Folder of the bundled recipes (``configs/<name>.yaml``)."""
+    return CONFIGS
+
+
+@pytest.fixture(scope="session")
+def tiny_unet_2d() -> list[str]:
+    """CLI arguments (``--set KEY=VALUE`` pairs) for a 2D U-Net run of a few seconds."""
+    return [a for kv in TINY_UNET_2D for a in ("--set", kv)]
