@@ -1,5 +1,5 @@
-"""Shared fixtures: the real data folder (skipped where absent), small synthetic sets, a seed,
-one intra-op thread, and the bundled recipes with tiny training overrides."""
+"""Shared fixtures: the real data folder (skipped where absent), small synthetic sets (2D and 3D),
+a seed, one intra-op thread, and the folder of the bundled recipes."""
 
 from __future__ import annotations
 
@@ -10,10 +10,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
 CONFIGS = REPO / "src" / "cytogen" / "configs"
-
-#: ``--set`` overrides that make a 2D U-Net recipe train in seconds on a CPU.
-TINY_UNET_2D = ("model.kwargs.base_channels=4", "model.kwargs.depth=2", "data.patch_size=[32,32]",
-                "data.batch_size=2", "data.patches_per_epoch=4", "data.val_patches=2")
 
 
 @pytest.fixture(scope="session")
@@ -73,8 +69,3 @@ def configs() -> Path:
     """Folder of the bundled recipes (``configs/<name>.yaml``)."""
     return CONFIGS
 
-
-@pytest.fixture(scope="session")
-def tiny_unet_2d() -> list[str]:
-    """CLI arguments (``--set KEY=VALUE`` pairs) for a 2D U-Net run of a few seconds."""
-    return [a for kv in TINY_UNET_2D for a in ("--set", kv)]
