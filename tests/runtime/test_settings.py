@@ -61,3 +61,35 @@ def test_aliases_and_thread_split(tmp_path) -> None:
     assert one.num_workers == 0 or one.threads > 8
     info = json.loads(one.write(tmp_path / "runtime.json").read_text())
     assert info["precision"] == "32" and info["torch_version"] == torch.__version__
+
+
+@pytest.mark.parametrize("flags, expect", [
+    (["--no-fast"], {"precision": "32", "channels_last": False, "compile": False}),
+    (["--precision", "32"], {"precision": "32", "channels_last": True, "compile": False}),
+    (["--precision", "32", "--compile"], {"precision": "32", "channels_last": True, "compile": True}),
+    pytest.param(["--precision", "bf16"], {"precision": "bf16-mixed", "channels_last": True},
+                 marks=needs_bf16),
+])
+def test_train_flags_reach_the_runtime_settings(flags, expect) -> None:
+    """``cytogen train`` flags -> recipe overrides -> what the run resolves, without a Trainer run."""
+    from cytogen.cli import _speed_overrides, build_parser
+    from cytogen.config import bundled_recipe, load_recipe
+    from cytogen.workflows.train import runtime_for
+
+    recipe = bundled_recipe("translate_unet2d")
+    args = build_parser().parse_args(["train", str(recipe), "--data", "m.csv", "--out", "run",
+                                      "--accelerator", "cpu", *flags])
+    rec = load_recipe(recipe, (args.set or []) + _speed_overrides(args))
+    s = runtime_for(rec)
+    assert {k: getattr(s, k) for k in expect} == expect
+    assert s.device == "cpu" and s.to_dict()["precision"] == expect["precision"]
+
+
+def test_flags_win_over_recipe_overrides() -> None:
+    from cytogen.cli import _speed_overrides, build_parser
+    from cytogen.config import bundled_recipe, load_recipe
+
+    recipe = bundled_recipe("translate_unet2d")
+    args = build_parser().parse_args(["train", str(recipe), "--data", "m.csv", "--out", "run",
+                                      "--set", "train.precision=bf16-mixed", "--precision", "32"])
+    assert load_recipe(recipe, (args.set or []) + _speed_overrides(args)).train.precision == "32"
