@@ -42,6 +42,10 @@ def test_train_writes_run_folder(trained):
     assert meta["source_channels"] == ["actin"] and meta["target_channels"] == ["nucleus"]
     assert meta["pixel_size_um"] == [0.5, 0.5]
     assert meta["normalization"]["source"]["method"] == "percentile"
+    # the resolved speed settings are recorded, and the run used the precision it records
+    runtime = json.loads((trained / "runtime.json").read_text())
+    summary = json.loads((trained / "train_summary.json").read_text())
+    assert runtime["precision"] == summary["precision"] and summary["steps"] == 10
 
 
 def test_resume_continues_to_more_steps(trained, synth_set, tmp_path):
