@@ -328,8 +328,23 @@ def predict(model_dir: str | Path, out: str | Path, *, files: list[str] | None =
         if out_r == folder or folder in out_r.parents:
             raise CytogenError(f"{out}: output folder is, or is inside, the input folder {folder}; "
                                "choose a separate --out so inputs can never be overwritten")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     settings.apply()
+    try:
+        written = _predict_jobs(model, out, jobs, inputs, plan, settings, output_format, progress)
+        write_json(out / "runtime.json", {**settings.to_dict(), "tiling": plan.to_dict()})
+    except BaseException:
+        if created and not any(out.iterdir()):  # a failed first image leaves no empty --out
+            out.rmdir()
+        raise
+    return written
+
+
+def _predict_jobs(model: LoadedModel, out: Path, jobs: list[tuple[str, list[str], float | None]],
+                  inputs: set[Path], plan: TilingPlan, settings: RuntimeSettings,
+                  output_format: str | None, progress: bool) -> list[Path]:
+    """Predict and write each job of :func:`predict`; returns the written paths."""
     tiling = dict(**plan.kwargs(), settings=settings)
     names = list(model.meta.get("target_channels") or []) or None
     written = []
@@ -355,5 +370,4 @@ def predict(model_dir: str | Path, out: str | Path, *, files: list[str] | None =
                 for note in [plan.describe(), *plan.notes, *settings.notes]:
                     print(f"note: {note}", file=sys.stderr)
             print(f"[{i}/{len(jobs)}] {name}: {image.spatial_shape} -> {target}", file=sys.stderr)
-    write_json(out / "runtime.json", {**settings.to_dict(), "tiling": plan.to_dict()})
     return written
