@@ -21,6 +21,19 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def shared_path(shared_data: Path):
+    """``shared_path("folder", "file.tif")``: a path inside ``../shared/data``; skips where absent."""
+
+    def get(*parts: str) -> Path:
+        path = shared_data.joinpath(*parts)
+        if not path.exists():
+            pytest.skip(f"../shared/data/{'/'.join(parts)} not available")
+        return path
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def synth_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic 2D dataset (manifest path), made once per test session."""
     from cytogen.synth.cells import write_synthetic_dataset

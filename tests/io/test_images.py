@@ -23,21 +23,6 @@ from cytogen.io.images import (
 )
 
 
-def shared_data() -> Path:
-    """The shared real-data folder (``../shared/data`` from the repository root)."""
-    return (Path(__file__).resolve().parents[2] / ".." / "shared" / "data").resolve()
-
-
-def require_shared(*parts: str) -> Path:
-    root = shared_data()
-    if not root.is_dir():
-        pytest.skip("../shared/data not available")
-    path = root.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"../shared/data/{'/'.join(parts)} not available")
-    return path
-
-
 def digest(path: Path) -> str:
     h = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
@@ -416,8 +401,8 @@ def test_reading_does_not_modify_input(tmp_path, suffix):
 
 
 # ------------------------------------------------------------------------------ real data
-def test_real_2d_uint8_tiff():
-    path = require_shared("sbs_translocation", "Channel2-01-A-01.tif")
+def test_real_2d_uint8_tiff(shared_path):
+    path = shared_path("sbs_translocation", "Channel2-01-A-01.tif")
     before = digest(path)
     image = read_image(path)
     assert image.axes == "CYX"
@@ -427,8 +412,8 @@ def test_real_2d_uint8_tiff():
     assert digest(path) == before
 
 
-def test_real_3d_ome_tiff():
-    path = require_shared(
+def test_real_3d_ome_tiff(shared_path):
+    path = shared_path(
         "allen_3d_brightfield_dna_crop", "run_170622_174530_whole_cropped_nuc.tif"
     )
     image = read_image(path)
@@ -438,16 +423,16 @@ def test_real_3d_ome_tiff():
     assert np.isfinite(image.data).all() and image.data.std() > 0
 
 
-def test_real_plain_3d_stack_and_imagej_channels():
-    stack = read_image(require_shared("cells3d_nuclei", "nuclei.tif"))
+def test_real_plain_3d_stack_and_imagej_channels(shared_path):
+    stack = read_image(shared_path("cells3d_nuclei", "nuclei.tif"))
     assert stack.axes == "CZYX" and stack.data.shape == (1, 60, 256, 256)
-    two = read_image(require_shared("membrane_nuclei_example", "Fluorescence_example.tif"))
+    two = read_image(shared_path("membrane_nuclei_example", "Fluorescence_example.tif"))
     assert two.axes == "CYX" and two.data.shape == (2, 450, 450)
     assert not np.array_equal(two.data[0], two.data[1])
 
 
-def test_real_rgb_png():
-    folder = require_shared("dsb2018_nuclei", "images")
+def test_real_rgb_png(shared_path):
+    folder = shared_path("dsb2018_nuclei", "images")
     pngs = sorted(folder.glob("*.png"))
     if not pngs:
         pytest.skip("no PNG in ../shared/data/dsb2018_nuclei/images")
