@@ -28,3 +28,13 @@ def test_masked_l1_gradient_weights_mask_pixels_more():
     masked_l1_loss(pred, torch.ones(1, 1, 1, 2), torch.tensor([[[[1.0, 0.0]]]]), alpha=5).backward()
     g = pred.grad.abs().flatten()
     assert g[0] == pytest.approx(5 * g[1])
+
+
+def test_masked_l1_default_is_the_papers_alpha_10():
+    # Vasudevan et al. 2023: nucleus pixels weigh alpha = 10 times the background.
+    pred = torch.tensor([[[[0.5, 0.0, 1.0]]]])
+    target = torch.tensor([[[[1.5, 2.0, 1.0]]]])
+    mask = torch.tensor([[[[1.0, 0.0, 1.0]]]])
+    # errors 1, 2, 0; weights 10, 1, 10 -> (10 + 2 + 0) / 3
+    assert get_loss("masked_l1")(pred, target, mask).item() == pytest.approx(4.0)
+    assert masked_l1_loss(pred, target, mask).item() == pytest.approx(4.0)

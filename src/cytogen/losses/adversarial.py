@@ -8,7 +8,7 @@
   discriminator does not outrun the generator; :func:`check_soft_labels` refuses settings
   where it cannot work (a warm start as long as the run, or the label-free hinge loss).
 * :func:`r1_penalty` -- the gradient penalty on real images of Mescheder et al. (2018), used
-  by StyleGAN2 (Vasudevan et al.'s discriminator).
+  by StyleGAN2 (the discriminator of Vasudevan et al. 2023).
 * :class:`EMA` -- exponential moving average of a model's weights for validation/prediction.
 """
 

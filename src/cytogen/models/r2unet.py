@@ -1,4 +1,4 @@
-"""Recurrent residual U-Net (R2U-Net), the generator of Vox2Vox-RU, in 2D and 3D.
+"""Recurrent residual U-Net (R2U-Net), the generator of Vox2Vox-RU (Sun et al. 2022), in 2D and 3D.
 
 The double conv blocks of a U-Net are replaced by recurrent residual convolutional units
 (RRCU): a 1x1 conv maps the input to the block's channels, two recurrent conv layers follow,

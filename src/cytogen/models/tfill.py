@@ -1,5 +1,6 @@
-"""TFill-Coarse: a CNN encoder, a transformer over low-resolution tokens, and a decoder with
-StyleGAN2-style multi-resolution outputs (2D only).
+"""TFill-Coarse, the actin -> nucleus generator of Vasudevan et al. (2023): a CNN encoder, a
+transformer over low-resolution tokens, and a decoder with StyleGAN2-style multi-resolution
+outputs (2D only).
 
 The encoder stacks residual blocks (two convs, each followed by LeakyReLU(0.2) and pixel-wise
 normalisation, plus a skip connection), each followed by a learned stride-2 conv. The
