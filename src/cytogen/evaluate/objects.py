@@ -1,7 +1,7 @@
 """Nucleus-like objects: segment them from an image, accept user labels, measure them.
 
 The segmentation is the classical pipeline used to count and locate nuclei in real and
-generated images alike (paper 000's Methods: threshold, connected components, a minimum area
+generated images alike (Vasudevan et al. 2023, Methods: threshold, connected components, a minimum area
 against thresholding noise, regionprops for area / centroid / bounding box), with a
 distance-transform watershed that splits touching nuclei. Everything works on ``(Y, X)`` and
 ``(Z, Y, X)`` arrays; physical quantities are given when the pixel size (um per axis, in the

@@ -19,7 +19,6 @@ plain PyTorch loop on the same machine.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from dataclasses import asdict, dataclass, field
@@ -29,6 +28,7 @@ from typing import Any, Callable
 import torch
 
 from cytogen.errors import CytogenError
+from cytogen.io.atomic import write_json
 
 PRECISIONS = ("auto", "32", "bf16-mixed", "16-mixed")
 _ALIASES = {"32-true": "32", "fp32": "32", "float32": "32", "bf16": "bf16-mixed",
@@ -108,10 +108,8 @@ class RuntimeSettings:
         return info
 
     def write(self, path: str | Path) -> Path:
-        """Write :meth:`to_dict` as JSON."""
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=2))
-        return path
+        """Write :meth:`to_dict` as JSON (atomically)."""
+        return write_json(path, self.to_dict())
 
 
 def normalize_precision(value: str) -> str:
