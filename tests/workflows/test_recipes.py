@@ -15,7 +15,6 @@ from cytogen.io.images import read_image
 from cytogen.losses import check_soft_labels, get_loss
 from cytogen.models import build_model
 from cytogen.models.discriminators import build_discriminator
-from cytogen.synth.cells import write_synthetic_dataset
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TINY_2D = ["--set", "data.patch_size=[32,32]", "--set", "predict.tile=[64,64]"]
@@ -37,11 +36,6 @@ SMALL = {
     "vox2vox_ru3d": ["model.kwargs.base_channels=4", "model.kwargs.depth=2", "discriminator.kwargs.base_channels=4",
                      "discriminator.kwargs.n_layers=1", "gan.soft_label_steps=2"],  # warm start < 3 steps
 }
-
-
-@pytest.fixture(scope="module")
-def synth3d(tmp_path_factory):
-    return write_synthetic_dataset(tmp_path_factory.mktemp("s3") / "d", n_fields=4, shape=(16, 64, 64), seed=2)
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))
