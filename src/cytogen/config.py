@@ -82,7 +82,12 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    """Optimiser and learning-rate schedule."""
+    """Optimiser and learning-rate schedule, for every task (the GAN discriminator uses the same
+    ``name`` and ``weight_decay`` with ``gan.d_lr`` / ``gan.d_betas``).
+
+    ``name``: ``adam`` (weight decay as an L2 gradient term), ``adamw`` (decoupled weight
+    decay) or ``sgd`` (momentum ``betas[0]``; ``betas: [0, 0.999]`` for plain SGD).
+    """
 
     name: str = "adamw"
     lr: float = 1e-3
@@ -144,17 +149,26 @@ class Recipe:
 
 
 _CHOICES = {
-    ("task",): {"translate", "gan", "cyclegan"},
     ("gan", "adversarial"): {"vanilla", "lsgan", "hinge"},
     ("train", "export"): {"best", "last"},
     ("data", "normalize"): {"percentile", "zscore", "none"},
     ("data", "normalize_scope"): {"field", "dataset"},
     ("loss", "name"): {"l1", "mse", "masked_l1"},
     ("loss", "mask"): {"auto", "manifest"},
-    ("optim", "name"): {"adam", "adamw"},
+    ("optim", "name"): {"adam", "adamw", "sgd"},
     ("optim", "scheduler"): {"cosine", "none"},
     ("predict", "blend"): {"gaussian", "linear", "constant"},
 }
+
+
+def _choices(key: tuple[str, ...]) -> set[str] | None:
+    """Accepted values of a setting; ``task`` comes from the task registry (imported lazily,
+    so reading this module does not load torch)."""
+    if key == ("task",):
+        from cytogen.tasks import TASKS
+
+        return set(TASKS.names())
+    return _CHOICES.get(key)
 
 
 def _check_type(value: Any, tp: Any, where: str, source: str) -> Any:
@@ -229,7 +243,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str, source: str) -> Any:
             kwargs[name] = _build(tp, value or {}, where, source)
         else:
             kwargs[name] = _check_type(value, tp, where, source)
-            choices = _CHOICES.get(tuple(where.split(".")))
+            choices = _choices(tuple(where.split(".")))
             if choices is not None and kwargs[name] not in choices:
                 raise CytogenError(
                     f"{source}: '{where}' is {kwargs[name]!r}; choose one of {sorted(choices)}"
@@ -307,6 +321,14 @@ def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
     except CytogenError as exc:
         raise CytogenError(f"{source}: train.{exc}") from None
     return recipe
+
+
+def apply_overrides(recipe: Recipe, overrides: list[str] | None, source: str = "recipe") -> Recipe:
+    """A new, validated :class:`Recipe`: ``recipe`` with ``--set`` style overrides applied.
+
+    ``recipe`` itself is not modified (also when ``overrides`` is empty: a copy is returned).
+    """
+    return recipe_from_dict(_merge(recipe.to_dict(), parse_overrides(overrides)), source)
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +14,27 @@ import torch
 
 from cytogen.cli import main
 
-CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "translate_unet2d.yaml")
-ARGS = ["--max-steps", "36", "--set", "model.kwargs.base_channels=4", "--set", "model.kwargs.depth=2",
-        "--set", "data.patch_size=[32,32]", "--set", "data.patches_per_epoch=40", "--set", "data.batch_size=4",
-        "--set", "data.val_patches=4", "--set", "train.val_every=7", "--set", "train.checkpoint_every=3",
-        "--set", "train.precision='32'", "--set", "train.export=last", "--set", "optim.warmup_steps=4"]
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIG = str(CONFIGS / "translate_unet2d.yaml")
+TINY = ["model.kwargs.base_channels=4", "model.kwargs.depth=2", "data.patch_size=[32,32]",
+        "data.patches_per_epoch=16", "data.batch_size=4", "data.val_patches=2", "train.val_every=7",
+        "train.checkpoint_every=3", "train.export=last", "optim.warmup_steps=4"]
+# Adversarial recipes keep what makes resuming hard: pix2pix's decoder dropout (0.5), soft
+# noisy labels (global RNG, position from the step counter), an EMA; CycleGAN's image pools
+# (small, so they fill and start swapping) and both generators/discriminators.
+ADVERSARIAL = ["discriminator.kwargs.base_channels=4", "discriminator.kwargs.n_layers=1", "data.batch_size=2"]
+EXTRA = {
+    "translate_unet2d": [],
+    "pix2pix2d": ADVERSARIAL + ["gan.soft_labels=true", "gan.soft_label_steps=12", "gan.ema_decay=0.9"],
+    "cyclegan2d": ADVERSARIAL + ["gan.pool_size=3", "model.kwargs.base_channels=2"],
+}
+STEPS = {"translate_unet2d": 18, "pix2pix2d": 18, "cyclegan2d": 15}
+
+
+def _argv(recipe: str) -> list[str]:
+    sets = TINY + EXTRA[recipe]
+    return [str(CONFIGS / f"{recipe}.yaml"), "--max-steps", str(STEPS[recipe]), "--precision", "32",
+            *[x for kv in sets for x in ("--set", kv)]]
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
@@ -31,38 +48,77 @@ def _step_of(run: Path) -> int:
         return -1
 
 
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """Identity of the checkpoint file now (a new save renames a new inode into place)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def _kill_after_checkpoints(proc: subprocess.Popen, ckpt: Path, n: int, rng: np.random.Generator,
+                            timeout: float = 240.0) -> bool:
+    """Wait until ``ckpt`` has been rewritten ``n`` times, then SIGKILL ``proc`` after a random
+    delay of up to half the interval between its last two saves (so mid-step, mid-validation
+    or mid-save alike, on a fast machine as on a slow one). False if it finished first."""
+    seen, times = _stamp(ckpt), []
+    deadline = time.time() + timeout
+    while proc.poll() is None and time.time() < deadline and len(times) < n:
+        now = _stamp(ckpt)
+        if now != seen and now is not None:
+            seen = now
+            times.append(time.time())
+        time.sleep(0.002)
+    if proc.poll() is not None:
+        return False
+    interval = times[-1] - times[-2] if len(times) >= 2 else 0.05
+    time.sleep(float(rng.uniform(0.0, 0.5 * interval)))
+    if proc.poll() is not None:
+        return False
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return True
+
+
 @pytest.mark.slow
-def test_sigkill_at_several_points_then_resume_gives_identical_weights(synth_set, tmp_path):
+@pytest.mark.parametrize("recipe", ["translate_unet2d", "pix2pix2d", "cyclegan2d"])
+def test_sigkill_at_several_points_then_resume_gives_identical_weights(synth_set, tmp_path, recipe):
     ref = tmp_path / "ref"
-    assert main(["train", CONFIG, "--data", str(synth_set), "--out", str(ref), *ARGS]) == 0
+    assert main(["train", *_argv(recipe), "--data", str(synth_set), "--out", str(ref)]) == 0
 
     run = tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    base = [sys.executable, "-m", "cytogen.cli", "train", CONFIG, "--data", str(synth_set), "--out", str(run), *ARGS]
-    kills = 0
-    rng = np.random.default_rng(0)
-    for attempt in range(8):
-        resume = (run / "checkpoints" / "last.ckpt").is_file()
-        proc = subprocess.Popen(base + (["--resume"] if resume else []), env=env,
+    base = [sys.executable, "-m", "cytogen.cli", "train", *_argv(recipe), "--data", str(synth_set),
+            "--out", str(run)]
+    ckpt = run / "checkpoints" / "last.ckpt"
+    rng = np.random.default_rng(zlib.crc32(recipe.encode()))
+    resumed_from = []
+    for _ in range(2):
+        if ckpt.is_file():
+            resumed_from.append(_step_of(run))
+        proc = subprocess.Popen(base + (["--resume"] if ckpt.is_file() else []), env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        start_step = _step_of(run)
-        # wait for a new checkpoint, then kill after a random extra delay (mid-step, mid-save, anywhere)
-        deadline = time.time() + 120
-        while proc.poll() is None and time.time() < deadline and _step_of(run) <= start_step:
-            time.sleep(0.05)
-        time.sleep(float(rng.uniform(0.0, 0.6)))
-        if proc.poll() is None and kills < 3:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            kills += 1
-            continue
-        assert proc.wait(timeout=300) == 0
-        break
-    assert kills >= 2, "the run finished before it could be killed twice; make it longer"
+        # 2 saves on the first start (so the interval is known), then 1 or 2 more per restart
+        n = 2 if not resumed_from else int(rng.integers(1, 3))
+        assert _kill_after_checkpoints(proc, ckpt, n, rng), "the run ended before it could be killed"
+    resumed_from.append(_step_of(run))
+    assert main(["train", *_argv(recipe), "--data", str(synth_set), "--out", str(run), "--resume"]) == 0
+    # two kills, each after progress: the test cannot pass without resuming mid-run twice
+    assert len(resumed_from) == 2 and 0 < resumed_from[0] < resumed_from[1] < STEPS[recipe]
+    assert _step_of(run) == STEPS[recipe]
     a, b = _weights(ref), _weights(run)
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{k} differs after kill/resume")
+    ca = torch.load(ref / "checkpoints" / "last.ckpt", weights_only=True)
+    cb = torch.load(ckpt, weights_only=True)
+    for key in ("ema_state", "image_pools"):
+        assert (key in ca) == (key in cb)
+    if "image_pools" in ca:
+        for name in ca["image_pools"]:
+            torch.testing.assert_close(ca["image_pools"][name]["images"], cb["image_pools"][name]["images"],
+                                       rtol=0, atol=0)
 
 
 def test_nan_loss_stops_with_step_and_keeps_good_checkpoint(synth_set, tmp_path, capsys):

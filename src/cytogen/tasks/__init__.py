@@ -1,24 +1,29 @@
-"""Lightning tasks: regression, conditional GAN and CycleGAN translation."""
+"""Lightning tasks: regression, conditional GAN and CycleGAN translation, built by name.
 
+``TASKS`` holds every registered task; :func:`build_task` builds one with the uniform
+arguments (see :mod:`cytogen.tasks.registry`). A new task is one module with a class decorated
+``@register_task("name")``, imported here.
+"""
+
+from typing import Any
+
+from cytogen.tasks.registry import TASKS, register_task
 from cytogen.tasks.translate import TranslateTask
+from cytogen.tasks.gan import GANTranslateTask  # noqa: E402  (registers "gan")
+from cytogen.tasks.cyclegan import CycleGANTask  # noqa: E402  (registers "cyclegan")
 
-__all__ = ["TranslateTask", "build_task"]
+__all__ = ["TASKS", "CycleGANTask", "GANTranslateTask", "TranslateTask", "build_task", "register_task"]
 
 
-def build_task(task: str, arch: dict, discriminator: dict, loss: dict, optim: dict, gan: dict,
-               max_steps: int, grad_clip: float | None = None):
-    """The Lightning module for a recipe's ``task`` (translate, gan or cyclegan)."""
-    if task == "translate":
-        return TranslateTask(arch, loss, optim, max_steps=max_steps)
-    if task == "gan":
-        from cytogen.tasks.gan import GANTranslateTask
+def build_task(task: str, *, model: dict[str, Any], discriminator: dict[str, Any], loss: dict[str, Any],
+               optim: dict[str, Any], gan: dict[str, Any], max_steps: int,
+               grad_clip: float | None = None):
+    """The Lightning module registered as ``task``, built with the recipe's sections.
 
-        return GANTranslateTask(arch, discriminator, loss, optim, gan, max_steps=max_steps,
-                                grad_clip=grad_clip)
-    if task == "cyclegan":
-        from cytogen.tasks.cyclegan import CycleGANTask
-
-        return CycleGANTask(arch, discriminator, loss, optim, gan, max_steps=max_steps, grad_clip=grad_clip)
-    from cytogen.errors import CytogenError
-
-    raise CytogenError(f"unknown task {task!r}; choose translate, gan or cyclegan")
+    Raises
+    ------
+    CytogenError
+        For an unknown task name (the message lists the registered ones).
+    """
+    return TASKS.build(task, model=model, discriminator=discriminator, loss=loss, optim=optim, gan=gan,
+                       max_steps=max_steps, grad_clip=grad_clip)

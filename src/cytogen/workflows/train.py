@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
+import time
 import warnings
 from dataclasses import asdict
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,22 +19,23 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader
 
-from cytogen.data.sampling import EpochSampler, ResumableLoader
-
-from cytogen.config import Recipe, load_recipe
+from cytogen.config import Recipe, apply_overrides, load_recipe
 from cytogen.data.datasets import RandomPatches, prepare_fields, read_field
 from cytogen.data.manifest import read_manifest
 from cytogen.data.normalize import Normalizer
+from cytogen.data.sampling import EpochSampler, ResumableLoader
 from cytogen.errors import CytogenError
+from cytogen.io.atomic import write_json, write_text
 from cytogen.predict.model_folder import save_model_folder
 from cytogen.runtime import RuntimeSettings, resolve_runtime
-from cytogen.tasks import build_task
-from cytogen.tasks.translate import NonFiniteLossError
+from cytogen.tasks import TASKS, build_task
+from cytogen.tasks.common import NonFiniteLossError
 from cytogen.workflows.train_support import (
     AtomicCheckpointIO,
     CleanProgressBar,
     ExactResume,
     RankAgreement,
+    hold_out_fields,
 )
 
 
@@ -48,8 +48,17 @@ def channel_names(img_names: list[str] | None, specs: list[str], n: int) -> list
     return stems if len(stems) == n else [f"ch{i}" for i in range(n)]
 
 
-def _load_split(entries: list, split: str) -> list:
-    return [read_field(e) for e in entries if e.split == split]
+def _split_entries(entries: list, seed: int, manifest: Path) -> tuple[list, list, str]:
+    """(train entries, validation entries, where validation comes from, in words)."""
+    train = [e for e in entries if e.split == "train"]
+    if not train:
+        raise CytogenError(f"{manifest}: no rows with split=train; mark some fields for training")
+    val = [e for e in entries if e.split == "val"]
+    if val:
+        return train, val, f"{len(val)} split=val fields of the manifest"
+    train, val = hold_out_fields(train, seed, str(manifest))
+    return train, val, (f"held out {len(val)} of {len(train) + len(val)} training fields "
+                        f"automatically (seed {seed})")
 
 
 def _check_consistent(raw: list, dims: int, manifest: Path) -> tuple[int, int]:
@@ -100,12 +109,12 @@ def speed_up_task(task: L.LightningModule, settings: RuntimeSettings, dims: int)
     """Apply channels-last and (when asked) ``torch.compile`` to a task's networks in place.
 
     Compilation uses ``nn.Module.compile``, so checkpoints keep the plain parameter names. Only
-    generators are compiled: discriminators may need double backward (R1 penalty), which
-    compiled graphs do not support.
+    the generators a task names in ``generator_modules`` are compiled: discriminators may need
+    double backward (R1 penalty), which compiled graphs do not support.
     """
     task.memory_format = settings.memory_format(dims)
     if settings.compile:
-        for name in ("net", "net_ba"):
+        for name in getattr(task, "generator_modules", ("net",)):
             module = getattr(task, name, None)
             if isinstance(module, torch.nn.Module):
                 module.compile()
@@ -113,7 +122,11 @@ def speed_up_task(task: L.LightningModule, settings: RuntimeSettings, dims: int)
 
 def _trainer(rec: Recipe, settings: RuntimeSettings, out: Path, callbacks: list[Callback],
              progress: bool) -> L.Trainer:
-    """The Lightning Trainer of a run (loops, hardware, DDP, precision, logs, checkpoint IO)."""
+    """The Lightning Trainer of a run (loops, hardware, DDP, precision, logs, checkpoint IO).
+
+    Gradient clipping is done by the task (``train.grad_clip``, see
+    :class:`~cytogen.tasks.common.GradClipMixin`), under every precision and optimiser.
+    """
     return L.Trainer(
         default_root_dir=out, max_steps=rec.train.max_steps,
         max_time={"minutes": rec.train.max_time_min} if rec.train.max_time_min else None,
@@ -124,7 +137,6 @@ def _trainer(rec: Recipe, settings: RuntimeSettings, out: Path, callbacks: list[
                 TensorBoardLogger(out, name="logs", version="tensorboard")],
         callbacks=callbacks, enable_progress_bar=progress, enable_model_summary=False,
         plugins=[AtomicCheckpointIO()],
-        gradient_clip_val=rec.train.grad_clip if rec.task == "translate" else None,
         log_every_n_steps=rec.train.log_every, num_sanity_val_steps=0, deterministic=False,
     )
 
@@ -137,21 +149,27 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
     Parameters
     ----------
     recipe
-        A :class:`~cytogen.config.Recipe`, a YAML path, or None for the defaults.
+        A :class:`~cytogen.config.Recipe` (not modified), a YAML path, or None for the defaults.
     data
-        Manifest CSV with ``train`` (and ideally ``val``) fields.
+        Manifest CSV with ``train`` (and ideally ``val``) fields. Without ``val`` rows a
+        reproducible 15 % of the training fields (at least one; whole manifest groups) is held
+        out for validation, seeded by ``train.seed``; with a single training field this raises.
     out
         Run folder (created). With ``resume=True`` an interrupted run continues from
         ``OUT/checkpoints/last.ckpt``.
+    overrides
+        ``--set`` style ``key=value`` items applied on top of ``recipe``.
+    max_steps
+        Overrides ``train.max_steps``.
 
     Returns
     -------
     dict
         Summary written to ``OUT/train_summary.json``.
     """
-    rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
+    rec = apply_overrides(recipe, overrides) if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
     if max_steps is not None:
-        rec.train.max_steps = int(max_steps)
+        rec.train.max_steps = int(max_steps)  # rec is this call's own copy
     out, data = Path(out), Path(data)
     ckpt_dir = out / "checkpoints"
     last = ckpt_dir / "last.ckpt"
@@ -162,14 +180,13 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
     if out.resolve() == data.parent.resolve():
         raise CytogenError(f"{out}: run folder is the manifest's folder; choose a separate --out")
 
+    task_cls = TASKS.get(rec.task)
     entries = read_manifest(data)
-    train_raw = _load_split(entries, "train")
-    if not train_raw:
-        raise CytogenError(f"{data}: no rows with split=train; mark some fields for training")
-    val_raw = _load_split(entries, "val")
-    if not val_raw:
-        print(f"note: {data} has no split=val rows; validating on training fields", file=sys.stderr)
-        val_raw = train_raw
+    train_entries, val_entries, val_source = _split_entries(entries, rec.train.seed, data)
+    if progress and _is_rank_zero():
+        print(f"validation: {val_source}", file=sys.stderr)
+    train_raw = [read_field(e) for e in train_entries]
+    val_raw = [read_field(e) for e in val_entries]
     dims = rec.model.dims
     c_in, c_out = _check_consistent(train_raw + val_raw, dims, data)
     patch = tuple(rec.data.patch_size)
@@ -188,7 +205,7 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
     L.seed_everything(rec.train.seed, workers=True, verbose=False)
     train_ds = RandomPatches(train_fields, patch, rec.data.patches_per_epoch, augment=rec.data.augment,
                              fg_bias=rec.data.foreground_bias, seed=rec.train.seed,
-                             unpaired=rec.task == "cyclegan")
+                             unpaired=not getattr(task_cls, "paired", True))
     val_ds = RandomPatches(val_fields, patch, rec.data.val_patches, augment=False,
                            fg_bias=rec.data.foreground_bias, seed=rec.train.seed + 10_000)
     loader_kw = dict(batch_size=rec.data.batch_size, num_workers=settings.num_workers,
@@ -205,8 +222,9 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
     optim = {"name": rec.optim.name, "lr": rec.optim.lr, "weight_decay": rec.optim.weight_decay,
              "betas": rec.optim.betas, "scheduler": rec.optim.scheduler, "warmup_steps": rec.optim.warmup_steps,
              "fused": fused_optimizer(settings)}
-    task = build_task(rec.task, arch, {"name": rec.discriminator.name, "kwargs": dict(rec.discriminator.kwargs)},
-                      {"name": rec.loss.name, "alpha": rec.loss.alpha}, optim, asdict(rec.gan),
+    task = build_task(rec.task, model=arch, optim=optim, gan=asdict(rec.gan),
+                      discriminator={"name": rec.discriminator.name, "kwargs": dict(rec.discriminator.kwargs)},
+                      loss={"name": rec.loss.name, "alpha": rec.loss.alpha},
                       max_steps=rec.train.max_steps, grad_clip=rec.train.grad_clip)
     speed_up_task(task, settings, dims)
 
@@ -215,7 +233,7 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
     periodic = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=0, save_last=True,
                                every_n_train_steps=max(1, rec.train.checkpoint_every))
     agreement = RankAgreement()
-    callbacks: list[Callback] = [ckpt, periodic, ExactResume(sampler, rec.data.batch_size), agreement]
+    callbacks: list[Callback] = [ckpt, periodic, ExactResume(sampler, rec.data.batch_size, rec.train.seed), agreement]
     if progress:
         callbacks.append(CleanProgressBar(refresh_rate=5))
     try:
@@ -228,16 +246,20 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
             "--devices 2 --strategy ddp, or --accelerator cpu") from None
     out.mkdir(parents=True, exist_ok=True)
     if _is_rank_zero():
-        (out / "recipe.yaml").write_text(yaml.safe_dump(rec.to_dict(), sort_keys=False))
-        settings.write(out / "runtime.json")
-    # The state after the optimiser step is what a checkpoint at step N should hold.
-    warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+        write_text(out / "recipe.yaml", yaml.safe_dump(rec.to_dict(), sort_keys=False))
+        write_json(out / "runtime.json", settings.to_dict())
     if progress and _is_rank_zero():
         for note in settings.notes:
             print(f"note: {note}", file=sys.stderr)
+    if resume:  # temporary files of a checkpoint write that a kill interrupted
+        for stale in ckpt_dir.glob(".*.tmp*"):
+            stale.unlink(missing_ok=True)
     t0 = time.perf_counter()
     try:
-        trainer.fit(task, train_dl, val_dl, ckpt_path=str(last) if resume else None, weights_only=True)
+        with warnings.catch_warnings():  # the caller's warning filters stay as they were
+            # The state after the optimiser step is what a checkpoint at step N should hold.
+            warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+            trainer.fit(task, train_dl, val_dl, ckpt_path=str(last) if resume else None, weights_only=True)
     except NonFiniteLossError as exc:
         good = f"the last good checkpoint is {last}; " if last.is_file() else ""
         raise CytogenError(
@@ -269,13 +291,14 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
         "run": str(out), "steps": int(trainer.global_step), "train_seconds": round(train_s, 1),
         "best_val_loss": float(ckpt.best_model_score) if ckpt.best_model_score is not None else None,
         "best_checkpoint": best_path, "n_train_fields": len(train_raw), "n_val_fields": len(val_raw),
+        "val_source": val_source, "val_fields": [e.name for e in val_entries],
         "model": str(out / "model"), "world_size": int(trainer.world_size),
         "ranks_weights_sha256": agreement.digests, "ranks_in_sync": in_sync,
         "precision": settings.precision, "channels_last": settings.channels_last,
         "compile": settings.compile, "images_per_second": round(
             int(trainer.global_step) * rec.data.batch_size * int(trainer.world_size) / max(train_s, 1e-9), 2),
     }
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "train_summary.json", summary)
     _plot_losses(out)
     return summary
 

@@ -1,0 +1,146 @@
+"""Helpers every training task shares: NaN guard, per-sample Pearson r, the optimiser builder,
+learning-rate schedules and gradient clipping that works under every precision."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from cytogen.errors import CytogenError
+from cytogen.models import build_model
+
+__all__ = ["OPTIMIZERS", "GradClipMixin", "NonFiniteLossError", "build_generator", "build_optimizer",
+           "check_finite", "clip_gradients_", "lr_lambda", "pearson_per_sample", "with_schedules"]
+
+#: Optimiser names a recipe's ``optim.name`` accepts (``sgd`` takes its momentum from ``betas[0]``).
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a training loss becomes NaN or infinite (training stops; weights untouched)."""
+
+    def __init__(self, step: int, name: str, value: float) -> None:
+        super().__init__(f"{name} is {value} at step {step}")
+        self.step, self.name, self.value = step, name, value
+
+
+def check_finite(loss: torch.Tensor, step: int, name: str = "loss") -> None:
+    """Stop before an optimiser step that would spread NaN/Inf into the weights."""
+    if not torch.isfinite(loss.detach()).all():
+        raise NonFiniteLossError(step, name, float(loss.detach().float().mean()))
+
+
+def pearson_per_sample(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of each sample in a batch (all channels and pixels pooled)."""
+    p = pred.flatten(1).float()
+    t = target.flatten(1).float()
+    p = p - p.mean(dim=1, keepdim=True)
+    t = t - t.mean(dim=1, keepdim=True)
+    denom = (p.norm(dim=1) * t.norm(dim=1)).clamp_min(1e-12)
+    return (p * t).sum(dim=1) / denom
+
+
+def build_generator(model: dict[str, Any]) -> torch.nn.Module:
+    """Generator from an architecture dict (name, dims, in/out channels, kwargs)."""
+    return build_model(model["name"], in_channels=model["in_channels"], out_channels=model["out_channels"],
+                       dims=model["dims"], **model.get("kwargs", {}))
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    """The optimiser a recipe's ``optim`` section names, for every task and both GAN players.
+
+    Parameters
+    ----------
+    params
+        Parameters to optimise.
+    cfg
+        ``name`` (``adam``, ``adamw`` or ``sgd``), ``lr``, ``betas``, ``weight_decay`` and
+        ``fused`` (the single-kernel step; None/False for the default implementation).
+        ``adam`` applies the weight decay as an L2 term in the gradient, ``adamw`` decoupled
+        (Loshchilov & Hutter 2019); ``sgd`` uses ``betas[0]`` as its momentum (0 for plain SGD).
+
+    Raises
+    ------
+    CytogenError
+        For an unknown ``name``.
+    """
+    name = cfg.get("name", "adamw")
+    betas = tuple(float(b) for b in cfg.get("betas", (0.9, 0.999)))
+    common = dict(lr=float(cfg["lr"]), weight_decay=float(cfg.get("weight_decay", 0.0) or 0.0),
+                  fused=bool(cfg.get("fused")) or None)
+    if name == "adam":
+        return torch.optim.Adam(params, betas=betas, **common)
+    if name == "adamw":
+        return torch.optim.AdamW(params, betas=betas, **common)
+    if name == "sgd":
+        return torch.optim.SGD(params, momentum=betas[0], **common)
+    raise CytogenError(f"optim.name {name!r} is not one of {list(OPTIMIZERS)}")
+
+
+def lr_lambda(cfg: dict[str, Any], max_steps: int) -> Callable[[int], float] | None:
+    """Learning-rate factor per step: linear warm-up, then cosine decay to 5 % (or constant).
+
+    Returns None when neither warm-up nor a schedule is configured.
+    """
+    warm = int(cfg.get("warmup_steps", 0) or 0)
+    cosine = cfg.get("scheduler", "none") == "cosine"
+    if not cosine and not warm:
+        return None
+    total = max(1, max_steps)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if not cosine:
+            return 1.0
+        t = min(1.0, (step - warm) / max(1, total - warm))
+        return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * t))
+
+    return factor
+
+
+def with_schedules(optimizers: list[torch.optim.Optimizer], cfg: dict[str, Any], max_steps: int) -> Any:
+    """``configure_optimizers`` return value: the optimisers, each with the same per-step schedule."""
+    fn = lr_lambda(cfg, max_steps)
+    if fn is None:
+        return optimizers if len(optimizers) > 1 else optimizers[0]
+    scheds = [{"scheduler": torch.optim.lr_scheduler.LambdaLR(o, fn), "interval": "step"} for o in optimizers]
+    return optimizers, scheds
+
+
+def clip_gradients_(optimizer: torch.optim.Optimizer, max_norm: float,
+                    scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
+    """Clip the gradients of ``optimizer``'s parameters to total L2 norm ``max_norm``, in place.
+
+    Works under every precision and with fused optimisers: where a ``GradScaler`` scales the
+    loss (16-mixed) and the gradients are still scaled, they are unscaled first
+    (``scaler.unscale_``), so the norm is measured in true units; the scaler's ``step`` then
+    knows not to unscale again, fused or not. Returns the norm before clipping.
+    """
+    if scaler is not None and scaler.is_enabled():
+        from torch.amp.grad_scaler import OptState
+
+        if scaler._per_optimizer_states[id(optimizer)]["stage"] is OptState.READY:
+            scaler.unscale_(optimizer)
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+
+class GradClipMixin:
+    """Mix into a LightningModule with a ``grad_clip`` hyper-parameter: clip gradients by norm
+    right before each optimiser step, under automatic and manual optimisation alike.
+
+    Lightning's own ``gradient_clip_val`` refuses fused optimisers under mixed precision and
+    cannot be used with manual optimisation; this hook runs after Lightning's unscaling (or
+    unscales itself where Lightning leaves it to a fused optimiser), so it clips correctly
+    under 32, bf16-mixed and 16-mixed.
+    """
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        value = self.hparams.get("grad_clip")  # type: ignore[attr-defined]
+        if value:
+            scaler = getattr(self.trainer.precision_plugin, "scaler", None)  # type: ignore[attr-defined]
+            clip_gradients_(optimizer, float(value), scaler)
