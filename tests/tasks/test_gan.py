@@ -24,7 +24,7 @@ def _recipe(task, **extra):
         "data": {"patch_size": [64, 64], "batch_size": 4, "patches_per_epoch": 64, "val_patches": 8},
         "loss": {"name": "l1"},
         "optim": {"name": "adam", "lr": 0.002, "betas": [0.5, 0.999], "scheduler": "none"},
-        "train": {"max_steps": 80, "val_every": 40, "seed": 0, "log_every": 5},
+        "train": {"max_steps": 80, "val_every": 40, "seed": 0, "log_every": 5, "precision": "32"},
         "predict": {"tile": [128, 128]},
     }
     for k, v in extra.items():

@@ -18,7 +18,7 @@ TINY = {
     "data": {"patch_size": [64, 64], "batch_size": 8, "patches_per_epoch": 64, "val_patches": 16},
     "loss": {"name": "masked_l1", "alpha": 3.0, "mask": "manifest"},
     "optim": {"lr": 0.003, "warmup_steps": 5},
-    "train": {"max_steps": 120, "val_every": 40, "seed": 0},
+    "train": {"max_steps": 120, "val_every": 40, "seed": 0, "precision": "32"},
     "predict": {"tile": [128, 128]},
 }
 

@@ -16,7 +16,7 @@ from cytogen.models import build_model
 
 TINY = ["data.patch_size=[32,32]", "data.batch_size=4", "data.patches_per_epoch=64",
         "data.val_patches=8", "model.kwargs.base_channels=8", "model.kwargs.depth=2",
-        "train.val_every=3", "train.checkpoint_every=3", "optim.warmup_steps=0"]
+        "train.val_every=3", "train.checkpoint_every=3", "optim.warmup_steps=0", "train.precision=32"]
 
 
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
