@@ -11,7 +11,7 @@ from cytogen.data.datasets import read_field
 from cytogen.data.manifest import read_manifest
 from cytogen.evaluate.pixel import pearson_r
 from cytogen.predict.model_folder import load_model_folder
-from cytogen.tasks.cyclegan import ImagePool
+from cytogen.tasks.pool import ImagePool
 from cytogen.workflows.predict import predict_image
 from cytogen.workflows.train import read_loss_log, train
 
@@ -105,3 +105,16 @@ def test_image_pool_mixes_history():
     mixed = torch.cat([pool.query(torch.ones(4, 1, 2, 2)) for _ in range(10)])
     assert 0 < (mixed.flatten(1)[:, 0] == 0).sum() < 40  # some old images come back, not all
     assert torch.equal(ImagePool(0).query(torch.ones(2, 1, 1, 1)), torch.ones(2, 1, 1, 1))
+
+
+def test_image_pool_state_round_trip_continues_identically():
+    """A pool restored from its state (as from a checkpoint) returns what the original does."""
+    pool = ImagePool(size=3, seed=5)
+    for i in range(3):
+        pool.query(torch.full((2, 1, 2, 2), float(i)))
+    clone = ImagePool(size=3, seed=99)
+    clone.load_state_dict(pool.state_dict())
+    for i in range(6):
+        batch = torch.full((2, 1, 2, 2), 10.0 + i)
+        assert torch.equal(pool.query(batch), clone.query(batch))
+    assert len(clone.images) == 3

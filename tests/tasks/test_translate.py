@@ -9,7 +9,7 @@ from cytogen.data.manifest import read_manifest
 from cytogen.evaluate.pixel import pearson_r
 from cytogen.models import build_model
 from cytogen.predict.model_folder import load_model_folder
-from cytogen.tasks.translate import pearson_per_sample
+from cytogen.tasks.common import pearson_per_sample
 from cytogen.workflows.predict import predict_image
 from cytogen.workflows.train import train
 

@@ -32,11 +32,13 @@ def _entries(names, groups=None):
 
 
 def _rewrite(manifest: Path, out: Path, keep=lambda row: True, split="train") -> Path:
-    """Copy of a manifest (same folder, so paths resolve) with every kept row's split set."""
+    """Copy of a manifest (absolute image paths) with every kept row's split set."""
     with open(manifest, newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if keep(r)]
     for r in rows:
         r["split"] = split
+        for col in ("source", "target", "mask"):
+            r[col] = str(manifest.parent / r[col]) if r[col] else ""
     with open(out, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
@@ -77,7 +79,7 @@ def test_hold_out_refuses_what_cannot_be_split(names, groups, message):
 
 
 def test_single_training_field_without_val_rows_exits_with_one_line(synth_set, tmp_path, capsys):
-    one = _rewrite(synth_set, synth_set.parent / "one_field.csv", keep=lambda r: r["name"] == "field_000")
+    one = _rewrite(synth_set, tmp_path / "one_field.csv", keep=lambda r: r["name"] == "field_000")
     recipe = str(Path(__file__).resolve().parents[2] / "configs" / "translate_unet2d.yaml")
     code = main(["train", recipe, "--data", str(one), "--out", str(tmp_path / "run"), "--max-steps", "1"])
     err = capsys.readouterr().err
@@ -88,7 +90,7 @@ def test_single_training_field_without_val_rows_exits_with_one_line(synth_set, t
 def test_train_holds_out_fields_and_respects_the_callers_recipe(synth_set, tmp_path, capsys):
     """One short run: validation on held-out fields (logged and in the summary); the Recipe
     object is not modified, its overrides apply, and the caller's warning filters survive."""
-    data = _rewrite(synth_set, synth_set.parent / "no_val.csv", keep=lambda r: r["split"] != "test")
+    data = _rewrite(synth_set, tmp_path / "no_val.csv", keep=lambda r: r["split"] != "test")
     rec = recipe_from_dict(TINY)
     before = rec.to_dict()
     with warnings.catch_warnings():
@@ -106,3 +108,19 @@ def test_train_holds_out_fields_and_respects_the_callers_recipe(synth_set, tmp_p
     assert summary["n_train_fields"] == n_train - held
     assert json.loads((tmp_path / "run" / "train_summary.json").read_text())["val_fields"] == summary["val_fields"]
     assert f"validation: {summary['val_source']}" in capsys.readouterr().err
+
+
+def test_step_seeding_depends_on_seed_step_and_rank_only():
+    import numpy as np
+    import torch
+
+    from cytogen.workflows.train_support import seed_step
+
+    def draw(*args):
+        seed_step(*args)
+        return torch.rand(3).tolist(), float(np.random.rand()), __import__("random").random()
+
+    a = draw(0, 7, 0)
+    torch.rand(100)  # whatever drew in between (a loader's base seed, a validation) does not matter
+    assert draw(0, 7, 0) == a
+    assert len({str(draw(*k)) for k in [(0, 7, 0), (0, 8, 0), (1, 7, 0), (0, 7, 1)]}) == 4
