@@ -54,6 +54,7 @@ def _losses_moved(run, key):
 @pytest.mark.parametrize("adversarial", ["vanilla", "lsgan", "hinge"])
 def test_pix2pix_learns_and_both_losses_move(synth_set, tmp_path, adversarial):
     rec = _recipe("gan", gan={"adversarial": adversarial, "recon_weight": 100.0, "soft_labels": adversarial == "vanilla",
+                              "soft_label_steps": 40,
                               "r1_gamma": 1.0 if adversarial == "hinge" else 0.0})
     summary = train(rec, synth_set, tmp_path / "run", progress=False)
     assert summary["steps"] == 80  # one step = one G and one D update

@@ -124,3 +124,11 @@ def test_step_seeding_depends_on_seed_step_and_rank_only():
     torch.rand(100)  # whatever drew in between (a loader's base seed, a validation) does not matter
     assert draw(0, 7, 0) == a
     assert len({str(draw(*k)) for k in [(0, 7, 0), (0, 8, 0), (1, 7, 0), (0, 7, 1)]}) == 4
+
+
+def test_soft_label_warm_start_longer_than_the_run_is_refused_before_writing(synth_set, tmp_path):
+    """The check runs on the recipe after ``max_steps`` overrides, before the run folder exists."""
+    rec = recipe_from_dict({**TINY, "task": "gan", "gan": {"soft_labels": True, "soft_label_steps": 10}})
+    with pytest.raises(CytogenError, match="soft_label_steps"):
+        train(rec, synth_set, tmp_path / "run", max_steps=10)
+    assert not (tmp_path / "run").exists()

@@ -26,6 +26,7 @@ from cytogen.data.normalize import Normalizer
 from cytogen.data.sampling import EpochSampler, ResumableLoader
 from cytogen.errors import CytogenError
 from cytogen.io.atomic import write_json, write_text
+from cytogen.losses.adversarial import check_soft_labels
 from cytogen.predict.model_folder import save_model_folder
 from cytogen.runtime import RuntimeSettings, resolve_runtime
 from cytogen.tasks import TASKS, build_task
@@ -170,6 +171,7 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
     rec = apply_overrides(recipe, overrides) if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
     if max_steps is not None:
         rec.train.max_steps = int(max_steps)  # rec is this call's own copy
+    check_soft_labels(rec.gan, rec.train.max_steps, str(recipe) if not isinstance(recipe, Recipe) else "recipe")
     out, data = Path(out), Path(data)
     ckpt_dir = out / "checkpoints"
     last = ckpt_dir / "last.ckpt"
