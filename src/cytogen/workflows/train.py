@@ -171,7 +171,8 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
     rec = apply_overrides(recipe, overrides) if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
     if max_steps is not None:
         rec.train.max_steps = int(max_steps)  # rec is this call's own copy
-    check_soft_labels(rec.gan, rec.train.max_steps, str(recipe) if not isinstance(recipe, Recipe) else "recipe")
+    check_soft_labels(rec.gan, rec.train.max_steps,
+                      "recipe" if recipe is None or isinstance(recipe, Recipe) else str(recipe))
     out, data = Path(out), Path(data)
     ckpt_dir = out / "checkpoints"
     last = ckpt_dir / "last.ckpt"
