@@ -132,3 +132,16 @@ def test_soft_label_warm_start_longer_than_the_run_is_refused_before_writing(syn
     with pytest.raises(CytogenError, match="soft_label_steps"):
         train(rec, synth_set, tmp_path / "run", max_steps=10)
     assert not (tmp_path / "run").exists()
+
+
+def test_patch_size_the_generator_cannot_take_is_refused_before_writing(synth_set, tmp_path, capsys):
+    """A depth-3 U-Net needs sizes divisible by 8: a 36 px patch is refused with one line naming
+    data.patch_size and the nearest valid sizes, before any run folder exists (it used to fail
+    mid-fit with a traceback)."""
+    recipe = str(Path(__file__).resolve().parents[2] / "configs" / "translate_unet2d.yaml")
+    code = main(["train", recipe, "--data", str(synth_set), "--out", str(tmp_path / "run"), "--max-steps", "1",
+                 "--set", "model.kwargs.depth=3", "--set", "data.patch_size=[36,36]"])
+    err = capsys.readouterr().err
+    assert code == 2 and "data.patch_size" in err and "32" in err and "40" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()

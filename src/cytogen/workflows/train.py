@@ -25,6 +25,7 @@ from cytogen.data.manifest import read_manifest
 from cytogen.data.normalize import Normalizer
 from cytogen.data.sampling import EpochSampler, ResumableLoader
 from cytogen.errors import CytogenError
+from cytogen.models.protocol import check_spatial_size
 from cytogen.io.atomic import write_json, write_text
 from cytogen.losses.adversarial import check_soft_labels
 from cytogen.predict.model_folder import save_model_folder
@@ -186,8 +187,6 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
     task_cls = TASKS.get(rec.task)
     entries = read_manifest(data)
     train_entries, val_entries, val_source = _split_entries(entries, rec.train.seed, data)
-    if progress and _is_rank_zero():
-        print(f"validation: {val_source}", file=sys.stderr)
     train_raw = [read_field(e) for e in train_entries]
     val_raw = [read_field(e) for e in val_entries]
     dims = rec.model.dims
@@ -229,6 +228,7 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
                       discriminator={"name": rec.discriminator.name, "kwargs": dict(rec.discriminator.kwargs)},
                       loss={"name": rec.loss.name, "alpha": rec.loss.alpha},
                       max_steps=rec.train.max_steps, grad_clip=rec.train.grad_clip)
+    check_spatial_size(task.generator(), patch, "data.patch_size")
     speed_up_task(task, settings, dims)
 
     ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_loss", mode="min",
@@ -251,7 +251,8 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
     if _is_rank_zero():
         write_text(out / "recipe.yaml", yaml.safe_dump(rec.to_dict(), sort_keys=False))
         write_json(out / "runtime.json", settings.to_dict())
-    if progress and _is_rank_zero():
+    if progress and _is_rank_zero():  # after every input check: a bad input gets one line only
+        print(f"validation: {val_source}", file=sys.stderr)
         for note in settings.notes:
             print(f"note: {note}", file=sys.stderr)
     if resume:  # temporary files of a checkpoint write that a kill interrupted
