@@ -145,3 +145,31 @@ def test_patch_size_the_generator_cannot_take_is_refused_before_writing(synth_se
     assert code == 2 and "data.patch_size" in err and "32" in err and "40" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("task, setting", [
+    ("cyclegan", "gan.ema_decay=0.99"),       # CycleGAN keeps no EMA
+    ("cyclegan", "loss.name=mse"),            # its cycle/identity terms are L1
+    ("cyclegan", "gan.soft_labels=true"),
+    ("translate", "gan.adversarial=hinge"),   # regression has no adversary
+    ("translate", "discriminator.name=stylegan2"),
+    ("gan", "gan.pool_size=10"),              # only CycleGAN has image pools
+])
+def test_settings_the_task_ignores_are_refused(synth_set, tmp_path, capsys, task, setting):
+    recipe = str(Path(__file__).resolve().parents[2] / "configs" /
+                 {"cyclegan": "cyclegan2d.yaml", "translate": "translate_unet2d.yaml", "gan": "pix2pix2d.yaml"}[task])
+    code = main(["train", recipe, "--data", str(synth_set), "--out", str(tmp_path / "run"), "--max-steps", "1",
+                 "--set", setting])
+    err = capsys.readouterr().err
+    assert code == 2 and f"does not use {setting.split('=')[0]}" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_every_bundled_recipe_sets_only_what_its_task_uses():
+    from cytogen.config import load_recipe
+    from cytogen.tasks import TASKS
+    from cytogen.workflows.train_support import check_task_uses
+
+    for path in sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml")):
+        rec = load_recipe(path)
+        check_task_uses(rec, TASKS.get(rec.task), str(path))  # raises on an ignored setting

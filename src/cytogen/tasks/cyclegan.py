@@ -33,6 +33,8 @@ class CycleGANTask(AdversarialTask):
 
     paired = False
     generator_modules = ("net", "net_ba")
+    uses = frozenset({"discriminator", "gan.adversarial", "gan.adv_weight", "gan.d_lr", "gan.d_betas",
+                      "gan.cycle_weight", "gan.identity_weight", "gan.pool_size"})
 
     def __init__(self, model: dict[str, Any], discriminator: dict[str, Any], loss: dict[str, Any],
                  optim: dict[str, Any], gan: dict[str, Any], max_steps: int = 1000,

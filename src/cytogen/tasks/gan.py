@@ -47,6 +47,9 @@ class GANTranslateTask(AdversarialTask):
 
     paired = True
     generator_modules = ("net",)
+    uses = frozenset({"loss", "discriminator", "gan.adversarial", "gan.adv_weight", "gan.recon_weight",
+                      "gan.d_lr", "gan.d_betas", "gan.soft_labels", "gan.soft_label_steps",
+                      "gan.r1_gamma", "gan.ema_decay"})
 
     def __init__(self, model: dict[str, Any], discriminator: dict[str, Any], loss: dict[str, Any],
                  optim: dict[str, Any], gan: dict[str, Any], max_steps: int = 1000,

@@ -6,6 +6,11 @@ A task class declares what the workflow must give it instead of being special-ca
     False when source and target patches are drawn independently (unpaired data, CycleGAN).
 ``generator_modules`` (class attribute)
     Names of the sub-modules that are generators (compiled by ``--compile``).
+``uses`` (class attribute)
+    The optional recipe settings the task reads, as ``"section.key"`` or whole ``"section"``
+    names among ``gan``, ``discriminator`` and ``loss`` (default: none of them). The train
+    workflow refuses a recipe that changes any other of them from its default, because the
+    task would silently ignore it.
 
 Every task is built with the same keyword arguments: ``model``, ``discriminator``, ``loss``,
 ``optim``, ``gan`` (the recipe sections as dicts), ``max_steps`` and ``grad_clip``.

@@ -44,6 +44,7 @@ class TranslateTask(GradClipMixin, MemoryFormatMixin, L.LightningModule):
 
     paired = True
     generator_modules = ("net",)
+    uses = frozenset({"loss"})
 
     def __init__(self, model: dict[str, Any], loss: dict[str, Any], optim: dict[str, Any],
                  max_steps: int = 1000, grad_clip: float | None = None,

@@ -37,6 +37,7 @@ from cytogen.workflows.train_support import (
     CleanProgressBar,
     ExactResume,
     RankAgreement,
+    check_task_uses,
     hold_out_fields,
 )
 
@@ -172,6 +173,8 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
     rec = apply_overrides(recipe, overrides) if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
     if max_steps is not None:
         rec.train.max_steps = int(max_steps)  # rec is this call's own copy
+    task_cls = TASKS.get(rec.task)
+    check_task_uses(rec, task_cls, "recipe" if recipe is None or isinstance(recipe, Recipe) else str(recipe))
     check_soft_labels(rec.gan, rec.train.max_steps,
                       "recipe" if recipe is None or isinstance(recipe, Recipe) else str(recipe))
     out, data = Path(out), Path(data)
@@ -184,7 +187,6 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
     if out.resolve() == data.parent.resolve():
         raise CytogenError(f"{out}: run folder is the manifest's folder; choose a separate --out")
 
-    task_cls = TASKS.get(rec.task)
     entries = read_manifest(data)
     train_entries, val_entries, val_source = _split_entries(entries, rec.train.seed, data)
     train_raw = [read_field(e) for e in train_entries]

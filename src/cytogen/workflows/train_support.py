@@ -76,6 +76,39 @@ def hold_out_fields(train: list[FieldEntry], seed: int, source: str = "manifest"
     return [e for e, v in zip(train, is_val) if not v], [e for e, v in zip(train, is_val) if v]
 
 
+def check_task_uses(recipe: Any, task_cls: type, source: str = "recipe") -> None:
+    """Refuse recipe settings the task would ignore (a setting that is accepted must take effect).
+
+    Among the optional sections ``gan``, ``discriminator`` and ``loss``, every key that the task
+    does not declare in its ``uses`` (``"section"`` or ``"section.key"``) must keep its default.
+    ``loss.mask`` chooses the training mask for every task and is always allowed.
+
+    Raises
+    ------
+    CytogenError
+        Naming the recipe, the keys, the task, and what to do.
+    """
+    from dataclasses import fields
+
+    uses = frozenset(getattr(task_cls, "uses", frozenset()))
+    default = type(recipe)()
+    ignored = []
+    for section in ("gan", "discriminator", "loss"):
+        if section in uses:
+            continue
+        given, base = getattr(recipe, section), getattr(default, section)
+        for f in fields(given):
+            key = f"{section}.{f.name}"
+            if key in uses or key == "loss.mask":
+                continue
+            if getattr(given, f.name) != getattr(base, f.name):
+                ignored.append(f"{key}={getattr(given, f.name)!r}")
+    if ignored:
+        raise CytogenError(
+            f"{source}: task {recipe.task!r} does not use {', '.join(ignored)}; remove these settings "
+            "(or choose a task that uses them), so that no setting is silently ignored")
+
+
 def step_seed(seed: int, step: int, rank: int = 0) -> int:
     """The 63-bit seed of training step ``step`` on rank ``rank`` of a run seeded ``seed``."""
     state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(step), int(rank)]).generate_state(2, np.uint32)
