@@ -30,6 +30,10 @@ def test_overrides_typed_and_nested():
     ({"data": {"patch_size": [64, 64, 64]}}, "axes"),
     ({"data": {"percentiles": [99, 1]}}, "percentiles"),
     ({"optim": {"lr": [1]}}, "number"),
+    ({"predict": {"overlap": 1.0}}, "predict.overlap must be in"),
+    ({"predict": {"overlap": -0.1}}, "predict.overlap must be in"),
+    ({"predict": {"batch_size": 0}}, "predict.batch_size must be"),
+    ({"predict": {"tile": [256]}}, "predict.tile"),
 ])
 def test_bad_recipes(data, message):
     with pytest.raises(CytogenError, match=message):
