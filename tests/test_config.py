@@ -30,10 +30,10 @@ def test_overrides_typed_and_nested():
     ({"data": {"patch_size": [64, 64, 64]}}, "axes"),
     ({"data": {"percentiles": [99, 1]}}, "percentiles"),
     ({"optim": {"lr": [1]}}, "number"),
-    ({"predict": {"overlap": 1.0}}, "predict.overlap must be in"),
-    ({"predict": {"overlap": -0.1}}, "predict.overlap must be in"),
-    ({"predict": {"batch_size": 0}}, "predict.batch_size must be"),
-    ({"predict": {"tile": [256]}}, "predict.tile"),
+    ({"predict": {"overlap": 1.0}}, r"predict.overlap is 1.0; it must be in \[0, 1\)"),
+    ({"predict": {"overlap": -0.1}}, "predict.overlap is -0.1"),
+    ({"predict": {"batch_size": 0}}, "predict.batch_size is 0"),
+    ({"predict": {"tile": [256, 0]}}, "predict.tile is"),
 ])
 def test_bad_recipes(data, message):
     with pytest.raises(CytogenError, match=message):

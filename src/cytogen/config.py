@@ -309,14 +309,13 @@ def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
         if getattr(recipe.data, key) < 1:
             raise CytogenError(f"{source}: data.{key} must be >= 1")
     if not 0.0 <= recipe.predict.overlap < 1.0:
-        raise CytogenError(f"{source}: predict.overlap must be in [0, 1) (a fraction of the tile), "
-                           f"got {recipe.predict.overlap}")
+        raise CytogenError(f"{source}: predict.overlap is {recipe.predict.overlap}; it must be in [0, 1) "
+                           "(a fraction of the tile)")
     if recipe.predict.batch_size < 1:
-        raise CytogenError(f"{source}: predict.batch_size must be >= 1, got {recipe.predict.batch_size}")
-    if recipe.predict.tile is not None and (len(recipe.predict.tile) != recipe.model.dims
-                                            or min(recipe.predict.tile) < 1):
-        raise CytogenError(f"{source}: predict.tile {recipe.predict.tile} needs {recipe.model.dims} "
-                           "positive sizes, one per spatial axis (or leave it out: twice the patch size)")
+        raise CytogenError(f"{source}: predict.batch_size is {recipe.predict.batch_size}; it must be >= 1")
+    if recipe.predict.tile is not None and min(recipe.predict.tile, default=0) < 1:
+        raise CytogenError(f"{source}: predict.tile is {recipe.predict.tile}; give positive sizes, one per "
+                           "spatial axis (or leave it out: twice the patch size)")
     if recipe.train.max_steps < 1:
         raise CytogenError(f"{source}: train.max_steps must be >= 1")
     if recipe.data.num_workers < -1:

@@ -77,8 +77,11 @@ def _where(model: LoadedModel) -> str:
     return str(model.folder / "model.json") if model.folder is not None else "model.json"
 
 
-def _recipe_section(model: LoadedModel) -> tuple[dict[str, Any] | None, PredictConfig]:
-    """The raw ``predict`` section of the model's recipe (None without a recipe), validated."""
+def _recipe_section(model: LoadedModel, given: frozenset[str] = frozenset()
+                    ) -> tuple[dict[str, Any] | None, PredictConfig]:
+    """The raw ``predict`` section of the model's recipe (None without a recipe), validated
+    except for the keys in ``given`` (values the caller passes instead, so a bad saved value
+    can be overridden)."""
     recipe = model.meta.get("recipe") or {}
     if not recipe:
         return None, PredictConfig()
@@ -89,7 +92,8 @@ def _recipe_section(model: LoadedModel) -> tuple[dict[str, Any] | None, PredictC
         raise CytogenError(f"{_where(model)}: recipe section 'predict' must be a mapping; "
                            "the model folder is damaged")
     try:
-        checked = recipe_from_dict({"predict": section}, source=_where(model)).predict
+        checked = recipe_from_dict({"predict": {k: v for k, v in section.items() if k not in given}},
+                                   source=_where(model)).predict
     except CytogenError as exc:
         raise CytogenError(f"{exc} (in the model's training recipe; pass --tile, --overlap, "
                            "--batch-size and --blend to predict with other values)") from None
@@ -145,8 +149,8 @@ def resolve_tiling(model: LoadedModel, *, tile: Any = None, overlap: Any = None,
         For a tile with the wrong number of axes, an overlap fraction outside ``[0, 1)``, a
         batch size below 1, an unknown blend, or a damaged ``predict`` section in the model.
     """
-    section, rec = _recipe_section(model)
     given = {"tile": tile, "overlap": overlap, "batch_size": batch_size, "blend": blend}
+    section, rec = _recipe_section(model, frozenset(k for k, v in given.items() if v is not None))
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     missing = []
