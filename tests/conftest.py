@@ -62,9 +62,11 @@ def seeded() -> int:
     return 0
 
 
-@pytest.fixture()
+@pytest.fixture(scope="module")
 def one_thread():
-    """Run the test with one intra-op thread, then restore the count.
+    """Run the tests of a module with one intra-op thread, then restore the count
+    (module-scoped, so module-scoped fixtures can depend on it; use it for a whole file with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``).
 
     Tiny models are overhead-bound, and on a shared CI CPU two threads contend and run
     several times slower.

@@ -26,13 +26,7 @@ SMALL = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("seeded", "one_thread")  # see tests/conftest.py
 
 
 def _allowed_sizes(multiple: tuple[int, ...]) -> list[tuple[int, ...]]:

@@ -23,15 +23,7 @@ CLASSES = {"unet_chain": UNetChain, "r2unet": R2UNet, "tfill_coarse": TFillCoars
 SIZES = {2: [(8, 8), (12, 16), (16, 8)], 3: [(4, 8, 8), (8, 4, 12)]}
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    """Seed, and use one intra-op thread: these tiny models are overhead-bound and the CI
-    CPU is shared, where two threads contend and run several times slower."""
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("seeded", "one_thread")  # see tests/conftest.py
 
 
 def _first_conv(model: nn.Module) -> nn.Module:

@@ -28,12 +28,7 @@ PLAIN = resolve_runtime("32", fast=False, accelerator="cpu")
 REAL_TILED, REAL_INFERENCE_FN = wp.predict_tiled, wp.inference_fn
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see tests/conftest.py
 
 
 @pytest.fixture(scope="module")

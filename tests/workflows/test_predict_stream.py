@@ -24,13 +24,7 @@ ARCH = {"name": "unet", "dims": 2, "in_channels": 1, "out_channels": 1,
         "kwargs": {"depth": 2, "base_channels": 4}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The model is tiny: one thread is fastest and avoids oversubscribing shared CPUs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see tests/conftest.py
 
 
 @pytest.fixture(scope="module")
