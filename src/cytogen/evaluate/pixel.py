@@ -71,6 +71,24 @@ DESCRIPTIONS = {
 }
 
 
+#: The two metric families, in words (every summary and report states them).
+FAMILIES = {
+    "raw": "raw: the prediction as given against the truth; nothing fitted to the prediction",
+    "calibrated": ("calibrated (affine fit to the truth, flatters): the prediction replaced by "
+                   "slope * pred + offset fitted to the truth by least squares, slope clamped at >= 0 "
+                   "(an anti-correlated prediction becomes the constant mean of the truth)"),
+}
+
+
+def family_of(metric: str) -> str:
+    """Short family label of a metric key, for report tables."""
+    if metric.startswith("calibrat"):
+        return "calibrated (affine fit to the truth, flatters)"
+    if metric.startswith("raw_") or metric == "pearson_r":
+        return "raw (prediction as given)"
+    return "fit / range"
+
+
 def units_note(normalize: str) -> str:
     """One sentence saying what units the L1/MSE/PSNR of ``normalize`` are in."""
     if normalize == "percentile":

@@ -17,17 +17,11 @@ import numpy as np
 
 from cytogen.data.manifest import read_manifest
 from cytogen.errors import CytogenError
-from cytogen.evaluate.pixel import (DESCRIPTIONS, METRICS, PERCENTILES, SSIM_SIGMA, SSIM_UNDEFINED_REASON,
-                                    SSIM_WINDOW, image_metrics, summarize, units_note)
+from cytogen.evaluate.pixel import (DESCRIPTIONS, FAMILIES, METRICS, PERCENTILES, SSIM_SIGMA,
+                                    SSIM_UNDEFINED_REASON, SSIM_WINDOW, family_of, image_metrics,
+                                    summarize, units_note)
 from cytogen.io import atomic
 from cytogen.io.images import read_image, read_spec, stack_channels
-
-FAMILIES = {
-    "raw": "raw: the prediction as given against the truth; nothing fitted to the prediction",
-    "calibrated": ("calibrated (affine fit to the truth, flatters): the prediction replaced by "
-                   "slope * pred + offset fitted to the truth by least squares, slope clamped at >= 0 "
-                   "(an anti-correlated prediction becomes the constant mean of the truth)"),
-}
 
 
 def find_prediction(pred_dir: Path, name: str) -> Path | None:
@@ -144,8 +138,7 @@ def median_metric(result: dict[str, Any], key: str = "pearson_r") -> float:
 def pixel_summary_table(result: dict[str, Any]) -> list[dict[str, Any]]:
     """Rows ``metric, family, median, mean, min, max, n, meaning`` for a report table."""
     def family(k: str) -> str:
-        return ("calibrated (affine fit to the truth, flatters)" if k.startswith("calibrat")
-                else "raw (prediction as given)" if k.startswith("raw_") or k == "pearson_r" else "fit / range")
+        return family_of(k)
     return [{"metric": k, "family": family(k), **{s: d.get(s, float("nan"))
                                                   for s in ("median", "mean", "min", "max")},
              "n": d["n"], "meaning": DESCRIPTIONS[k]}
