@@ -127,7 +127,7 @@ def predict_image(model: LoadedModel, image: Image, *, tile: tuple[int, ...] | N
     x = model.source_norm.normalize(image.data)
     settings = _settings(model, settings)
     fn, dtype = _tile_fn(model, settings)
-    multiple = getattr(model.net, "size_multiple", 1)
+    multiple = model.net.size_multiple  # every generator declares it (models.protocol)
 
     def run(t: tuple[int, ...]) -> np.ndarray:
         return predict_tiled(fn, x, tile=t, overlap=plan.overlap, batch_size=plan.batch_size,
@@ -202,7 +202,7 @@ def predict_image_stream(model: LoadedModel, image: LazyImage, target: str | Pat
     plan = resolve_tiling(model, tile=tile, overlap=overlap, batch_size=batch_size, blend=blend)
     settings = _settings(model, settings)
     fn, dtype = _tile_fn(model, settings)
-    multiple = getattr(model.net, "size_multiple", 1)
+    multiple = model.net.size_multiple  # every generator declares it (models.protocol)
     shape = (model.out_channels, *image.spatial_shape)
     names = list(model.meta.get("target_channels") or []) or None
 
