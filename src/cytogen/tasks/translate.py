@@ -8,9 +8,8 @@ import lightning as L
 import torch
 
 from cytogen.losses import get_loss
-from cytogen.tasks.common import (  # noqa: F401  (NonFiniteLossError/pearson_per_sample: old import path)
+from cytogen.tasks.common import (
     GradClipMixin,
-    NonFiniteLossError,
     build_generator,
     build_optimizer,
     check_finite,
