@@ -260,6 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
     eo.add_argument("--marker-distance-um", type=float, default=15.0)
     eo.add_argument("--channel", type=int, default=0, help="channel of multi-channel images to evaluate")
     eo.set_defaults(func=_cmd_eval_objects)
+
+    from cytogen.cli_statcell import add_cells_parser, add_statcell_parser
+
+    add_cells_parser(sub)
+    add_statcell_parser(sub)
     return p
 
 
