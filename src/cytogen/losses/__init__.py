@@ -16,3 +16,13 @@ from cytogen.losses.adversarial import (  # noqa: E402
 
 __all__ += ["ADVERSARIAL_KINDS", "EMA", "AdversarialLoss", "adversarial_loss",
             "check_soft_labels", "r1_penalty", "soft_noisy_labels"]
+
+from cytogen.losses.elbo import (  # noqa: E402
+    beta_elbo_loss,
+    check_beta,
+    elbo_estimate,
+    kl_per_dim,
+    recon_sse,
+)
+
+__all__ += ["beta_elbo_loss", "check_beta", "elbo_estimate", "kl_per_dim", "recon_sse"]

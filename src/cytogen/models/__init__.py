@@ -17,6 +17,8 @@ from cytogen.models import r2unet  # noqa: E402,F401  isort: skip
 from cytogen.models import tfill  # noqa: E402,F401  isort: skip
 from cytogen.models import discriminators  # noqa: E402,F401  isort: skip
 from cytogen.models.unet import UNet  # noqa: E402  isort: skip
+# The Statistical Cell VAEs: their own registry (VAES), not generators, not in MODELS.
+from cytogen.models.vae import VAES, ReferenceVAE, TargetVAE, build_vae  # noqa: E402  isort: skip
 
-__all__ = ["Generator", "UNet", "build_model", "check_spatial_size", "list_models",
-           "model_arguments", "register_model"]
+__all__ = ["VAES", "Generator", "ReferenceVAE", "TargetVAE", "UNet", "build_model", "build_vae",
+           "check_spatial_size", "list_models", "model_arguments", "register_model"]
