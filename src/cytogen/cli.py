@@ -39,6 +39,16 @@ def _cmd_synth_cells(a: argparse.Namespace) -> None:
     print(path)
 
 
+def _cmd_synth_statcell(a: argparse.Namespace) -> None:
+    from cytogen.synth.statcell import write_statcell_dataset
+
+    shape = (a.z, a.size, a.size) if a.three_d else (a.size, a.size)
+    path = write_statcell_dataset(a.out, n_fields=a.n_fields, shape=shape, structures=a.structures,
+                                  seed=a.seed, pixel_size_um=a.pixel_size_um,
+                                  cells_per_field=a.cells_per_field, progress=True)
+    print(path)
+
+
 def _cmd_manifest(a: argparse.Namespace) -> None:
     from cytogen.data.manifest import build_manifest, read_manifest
 
@@ -174,6 +184,21 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--organelles", action="store_true", help="add an organelles channel and masks")
     c.add_argument("--seed", type=int, default=0)
     c.set_defaults(func=_cmd_synth_cells)
+    sc = ssub.add_parser("statcell", help="Statistical Cell control fields (blank, membrane/DNA copies, "
+                                          "noise, nucleoli, cytoplasmic organelles) and FIELDS.csv")
+    sc.add_argument("--out", required=True, help="new folder (FIELDS.csv, images/, masks/)")
+    sc.add_argument("--n-fields", type=int, default=18, help="fields; at least 3 per structure (default 18)")
+    sc.add_argument("--size", type=int, default=256, help="field size in pixels (Y = X)")
+    sc.add_argument("--structures", default="blank,membrane_copy,dna_copy,noise,nucleoli,cytoplasmic",
+                    help="comma-separated control structures the fields cycle through")
+    sc.add_argument("--pixel-size-um", type=float, default=1.0,
+                    help="in-plane pixel size (default 1.0: the 20-45 um cells fit 64 x 64 crops)")
+    sc.add_argument("--cells-per-field", type=int, default=None,
+                    help="cells per field (default: one per 1225 um^2)")
+    sc.add_argument("--3d", dest="three_d", action="store_true", help="3D fields")
+    sc.add_argument("--z", type=int, default=32, help="number of z planes for --3d")
+    sc.add_argument("--seed", type=int, default=0)
+    sc.set_defaults(func=_cmd_synth_statcell)
 
     m = sub.add_parser("manifest", help="pair image files into a manifest CSV")
     m.add_argument("root", help="folder the patterns are relative to")
