@@ -1,0 +1,2 @@
+"""placeholder"""
+from cytogen.workflows.statcell_perturbation import perturbation  # noqa: F401
