@@ -105,3 +105,84 @@ def test_perturbation_refuses_bad_input(tmp_path):
     with pytest.raises(CytogenError, match="COL=V1,V2"):
         perturbation(emb, tmp_path / "o3", condition="dose", control="0", learn_on="rowA")
     assert not (tmp_path / "o1").exists()
+
+
+# ------------------------------------------------------------------ coupling (stub model, known answers)
+class _CopyNet:
+    """A target 'model' whose decoder copies reference channel 0 (structure membrane_copy), channel 1
+    (dna_copy) or predicts blank (blank), ignoring z; q(z|x) = N(0, 1), so KL = 0."""
+
+    def __new__(cls, structures):
+        import torch
+
+        class Net(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.p = torch.nn.Parameter(torch.zeros(1))
+                self.structures = structures
+
+            def encode(self, x_t, x_r, t):
+                z = torch.zeros(x_t.shape[0], 2)
+                return z, z.clone()
+
+            def decode(self, z, x_r, t):
+                mem = (t == self.structures.index("membrane_copy")).float().view(-1, 1, 1, 1)
+                dna = (t == self.structures.index("dna_copy")).float().view(-1, 1, 1, 1)
+                return mem * x_r[:, :1] + dna * x_r[:, 1:2] + 0 * z.sum()
+
+        return Net()
+
+
+@pytest.fixture(scope="module")
+def copy_cells(tmp_path_factory):
+    from cytogen.data.cellset import write_cellset
+
+    rng = np.random.default_rng(0)
+    structures = ["blank", "dna_copy", "membrane_copy"]
+    images, rows = [], []
+    for s in structures:
+        for k in range(8):
+            ref = rng.random((2, 16, 16)).astype(np.float32)
+            tgt = {"blank": np.zeros((16, 16)), "dna_copy": ref[1], "membrane_copy": ref[0]}[s]
+            images.append(np.concatenate([ref, tgt[None]], axis=0))
+            rows.append({"cell_id": f"{s}/{k}", "field": s, "cell_label": str(k + 1), "structure": s,
+                         "structure_index": str(structures.index(s)), "split": "test",
+                         "phase": "a" if k < 4 else "b"})
+    root = write_cellset(tmp_path_factory.mktemp("cells") / "CELLS", np.stack(images), rows,
+                         {"channels": ["cell", "dna", "target"], "reference_channels": [0, 1], "target_channel": 2,
+                          "structures": structures, "reference_cell_channel": "mask", "pixel_size_um": None})
+    return root, structures
+
+
+def test_coupling_known_answers(copy_cells, tmp_path, monkeypatch):
+    from cytogen.predict import model_folder
+    from cytogen.predict.model_folder import LoadedStatCell
+    from cytogen.workflows.statcell_stats import coupling
+
+    root, structures = copy_cells
+    meta = {"kind": "statcell_target", "structures": structures, "beta": 0.5,
+            "architecture": {"name": "stub", "kwargs": {"size": [16, 16], "ref_channels": 2, "latent_dim": 2,
+                                                        "dims": 2}}}
+    stub = LoadedStatCell(net=_CopyNet(structures), meta=meta, folder=tmp_path / "stub")
+    monkeypatch.setattr(model_folder, "load_statcell_folder", lambda folder, device="cpu", kind=None: stub)
+    s = coupling(tmp_path / "stub", root / "cells.csv", tmp_path / "out", n_swaps=4, condition="phase",
+                 n_samples=2, seed=0)
+    cells = _read(tmp_path / "out" / "coupling.csv")
+    assert len(cells) == 24 and {"coupling_cell", "coupling_nucleus", "elbo", "phase"} <= set(cells[0])
+    by = {}
+    for r in cells:
+        by.setdefault(r["structure"], []).append((float(r["coupling_cell"]), float(r["coupling_nucleus"])))
+        # Eq 4 as written: own ELBO minus the mean swapped ELBO
+        assert float(r["coupling_cell"]) == pytest.approx(float(r["elbo"]) - float(r["elbo_swap_cell"]), abs=1e-3)
+    mem, dna, blank = (np.array(by[k]) for k in ("membrane_copy", "dna_copy", "blank"))
+    assert np.all(mem[:, 0] > 5) and np.allclose(mem[:, 1], 0, atol=1e-4)  # couples to the cell channel only
+    assert np.all(dna[:, 1] > 5) and np.allclose(dna[:, 0], 0, atol=1e-4)  # to the nucleus only
+    assert np.allclose(blank, 0, atol=1e-4)                                  # to neither
+    groups = {g["group"]: g for g in s["groups"]}
+    assert groups["membrane_copy / phase=a"]["d_s"] == pytest.approx(1.0, abs=1e-4)
+    assert groups["dna_copy / phase=b"]["d_s"] == pytest.approx(-1.0, abs=1e-4)
+    assert len(groups) == 6 and s["cell_channel"] == "cell_mask"
+    summ = _read(tmp_path / "out" / "coupling_summary.csv")
+    row = next(r for r in summ if r["group"] == "membrane_copy / phase=a")
+    assert float(row["coupling_cell_lo"]) <= float(row["coupling_cell_mean"]) <= float(row["coupling_cell_hi"])
+    assert (tmp_path / "out" / "report.html").is_file()
