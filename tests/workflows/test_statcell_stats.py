@@ -25,6 +25,7 @@ def _write_embeddings(path: Path, seed: int = 0) -> Path:
                 zt = rng.normal(size=6) + 0.8 * dose * u
                 zr = rng.normal(size=4)
                 r = {"cell_id": f"{row}{dose}/{k}", "structure": "FKHR-GFP", "row": row, "dose": str(dose),
+                     "well": f"{row}-{dose}-{k % 3}",
                      "target_nc_ratio": 1.0 + 0.1 * dose + rng.normal() * 0.6}
                 r.update({f"zr_{i}": zr[i] for i in range(4)})
                 r.update({f"zt_{i}": zt[i] for i in range(6)})
@@ -90,6 +91,17 @@ def test_perturbation_learn_on_excludes_learning_cells(pert):
     pos = [float(r["proj_zt"]) for r in proj if r["learn"] == "false" and r["dose"] == "10"]
     neg = [float(r["proj_zt"]) for r in proj if r["learn"] == "false" and r["dose"] == "0"]
     assert float(zp["zt"]["z_prime"]) == pytest.approx(z_prime(pos, neg))
+    # and the per-well Z' from the per-well means of the 6 held-out wells of each control
+    wells = {}
+    for r in proj:
+        if r["learn"] == "false" and r["dose"] in ("0", "10"):
+            key = (r["dose"], r["cell_id"][0], int(r["cell_id"].split("/")[1]) % 3)
+            wells.setdefault(key, []).append(float(r["proj_zt"]))
+    wp = [np.mean(v) for k, v in wells.items() if k[0] == "10"]
+    wn = [np.mean(v) for k, v in wells.items() if k[0] == "0"]
+    assert int(zp["zt"]["n_wells_treated"]) == 6 and len(wp) == 6
+    assert float(zp["zt"]["z_prime_wells"]) == pytest.approx(z_prime(wp, wn))
+    assert s["zprime_wells"]["FKHR-GFP/zt"] > s["zprime"]["FKHR-GFP/zt"]  # well means average out cell noise
 
 
 def test_perturbation_refuses_bad_input(tmp_path):

@@ -125,7 +125,8 @@ def _same(a: str, b: str) -> bool:
 def perturbation(embeddings: str | Path, out: str | Path, *, condition: str, control: str,
                  treated: str | None = None, group_by: str | None = "structure",
                  spaces: tuple[str, ...] = ("zr", "zt"), baseline_columns: tuple[str, ...] = (),
-                 learn_on: str | None = None, n_permutations: int = 2000, seed: int = 0) -> dict:
+                 learn_on: str | None = None, n_permutations: int = 2000, seed: int = 0,
+                 well_column: str | None = "well") -> dict:
     """Shifts of each condition from the control in latent spaces, projections, dose-response, Z'.
 
     For every group (``group_by`` column, e.g. structure) and condition value other than
@@ -158,6 +159,10 @@ def perturbation(embeddings: str | Path, out: str | Path, *, condition: str, con
         ``COL=V1,V2``: the cells learning the direction (and the baselines' orientation).
     n_permutations, seed
         Permutation test settings.
+    well_column : str or None
+        When this column exists, the Z' is also computed over the per-well means of the
+        held-out control and treated wells (``z_prime_wells``; the screening convention, wells
+        as replicates), beside the per-cell Z'.
 
     Returns
     -------
@@ -204,6 +209,7 @@ def perturbation(embeddings: str | Path, out: str | Path, *, condition: str, con
     Z = {s: np.array([[float(r[c]) for c in cols] for r in rows]) for s, cols in space_cols.items()}
     base = {b: np.array([_num(r[b]) if _num(r[b]) is not None else np.nan for r in rows]) for b in baseline_columns}
     dose = np.array([_num(v) for v in cond_raw], float) if numeric else None
+    wells = np.array([r[well_column] for r in rows]) if well_column and well_column in header else None
     progress(f"perturbation: {len(rows)} cells, {len(set(groups))} group(s), {len(levels)} condition values, "
              f"spaces {', '.join(spaces)}")
 
@@ -267,10 +273,14 @@ def perturbation(embeddings: str | Path, out: str | Path, *, condition: str, con
             pos, neg = v[ht & np.isfinite(v)], v[hc & np.isfinite(v)]
             zp = L.z_prime(pos, neg)
             lo, hi = L.z_prime_interval(pos, neg, n_boot=500, seed=seed)
-            zrows.append({"group": g, "readout": name, "kind": "latent" if name in spaces else "baseline",
-                          "n_treated": len(pos), "n_control": len(neg), "z_prime": zp, "z_prime_lo": lo,
-                          "z_prime_hi": hi, "mean_treated": float(pos.mean()) if len(pos) else float("nan"),
-                          "mean_control": float(neg.mean()) if len(neg) else float("nan")})
+            zrow = {"group": g, "readout": name, "kind": "latent" if name in spaces else "baseline",
+                    "n_treated": len(pos), "n_control": len(neg), "z_prime": zp, "z_prime_lo": lo,
+                    "z_prime_hi": hi, "mean_treated": float(pos.mean()) if len(pos) else float("nan"),
+                    "mean_control": float(neg.mean()) if len(neg) else float("nan")}
+            if wells is not None:
+                wp, wn = _well_means(v, wells, ht), _well_means(v, wells, hc)
+                zrow.update(n_wells_treated=len(wp), n_wells_control=len(wn), z_prime_wells=L.z_prime(wp, wn))
+            zrows.append(zrow)
             if dose is not None:
                 sel = gm & held & np.isfinite(v)
                 dr = L.dose_response(v[sel], dose[sel])
@@ -290,6 +300,10 @@ def perturbation(embeddings: str | Path, out: str | Path, *, condition: str, con
                "zprime": {f"{r['group']}/{r['readout']}": r["z_prime"] for r in zrows},
                "dose_response": {f"{r['group']}/{r['readout']}": {k: r[k] for k in
                                  ("spearman_rho", "spearman_p", "monotone", "n_violations")} for r in dsum},
+               "shifts": [{k: r[k] for k in ("group", "condition", "space", "shift", "shift_sd", "p",
+                                             "p_bonferroni")} for r in shifts],
+               "zprime_wells": ({f"{r['group']}/{r['readout']}": r["z_prime_wells"] for r in zrows}
+                                if wells is not None else None),
                "shift_ratio": ratios, "n_significant": int(sum(r["significant"] for r in shifts)),
                "seconds": round(time.perf_counter() - t0, 2)}
     prow = [{"cell_id": r.get("cell_id", str(i)), "group": groups[i], condition: cond[i],
@@ -308,6 +322,12 @@ def perturbation(embeddings: str | Path, out: str | Path, *, condition: str, con
                 spaces, readouts)
     progress(f"perturbation: wrote {out} in {summary['seconds']} s")
     return _clean(summary)
+
+
+def _well_means(v: np.ndarray, wells: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean of ``v`` per well over the cells in ``mask`` (finite values only)."""
+    m = mask & np.isfinite(v)
+    return np.array([v[m & (wells == w)].mean() for w in sorted(set(wells[m].tolist()))])
 
 
 def _shift_ratios(shifts: list[dict[str, Any]], spaces: tuple[str, ...]) -> dict[str, Any]:
@@ -340,7 +360,8 @@ def _report(path: Path, summary: dict, shifts: list, zrows: list, drows: list, d
         f"Direction learned on {summary['n_learn']} cells (learn_on={summary['learn_on']!r}); projections, "
         f"dose-response and Z' measured on {summary['n_held_out']} held-out cells. "
         "Z' = 1 - 3 (sd_treated + sd_control) / |mean_treated - mean_control| (Zhang et al. 1999): "
-        "> 0.5 excellent, 0-0.5 marginal, < 0 overlapping."])]
+        "> 0.5 excellent, 0-0.5 marginal, < 0 overlapping. z_prime is over cells; z_prime_wells (when the "
+        "embeddings have a well column) over the per-well means of the held-out wells."])]
     for g in summary["groups"]:
         sec = Section(f"Group {g}")
         gs = [r for r in shifts if r["group"] == g]
