@@ -137,7 +137,8 @@ def elbo_cells(model: LoadedStatCell, cellset: CellSet, indices: np.ndarray, n_s
     Uses :func:`cytogen.losses.elbo.elbo_estimate` (``n_samples`` reparameterised samples).
     ``reference_override`` ``(n, 2, *size)`` replaces the cells' reference images (row ``i`` for
     ``indices[i]``), e.g. with one channel swapped for another cell's (the coupling of Eq 4).
-    The draws are seeded (``seed``), so repeated calls give the same estimates.
+    The draws are seeded (``seed``), so repeated calls with the same ``batch_size`` give the
+    same estimates.
     """
     from cytogen.losses.elbo import elbo_estimate
 
