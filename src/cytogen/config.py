@@ -1,7 +1,7 @@
 """Training recipes: shallow YAML files validated against typed dataclasses.
 
-A recipe has five sections (``model``, ``data``, ``loss``, ``optim``, ``train``) and an
-optional ``predict`` section. Every key is checked on load: an unknown key or a value of the
+A recipe has five sections (``model``, ``data``, ``loss``, ``optim``, ``train``) and the
+optional ``predict``, ``gan``, ``discriminator`` and ``vae`` sections. Every key is checked on load: an unknown key or a value of the
 wrong type raises :class:`~cytogen.errors.CytogenError` naming the recipe, the key and the
 accepted keys. YAML is read with ``yaml.safe_load`` only.
 """
@@ -98,6 +98,19 @@ class OptimConfig:
 
 
 @dataclass
+class VaeConfig:
+    """Statistical Cell beta-VAE objective (tasks ``statcell_reference`` / ``statcell_target``).
+
+    ``beta`` in [0, 1] weighs the KL term against the reconstruction in the paper's
+    reparameterised ELBO ``2 [(1 - beta) recon + beta KL]``; ``elbo_samples`` is the number of
+    latent samples of the (unweighted) validation and evaluation ELBO.
+    """
+
+    beta: float = 0.5
+    elbo_samples: int = 10
+
+
+@dataclass
 class TrainConfig:
     """Loop length, validation cadence, seed and hardware."""
 
@@ -140,6 +153,7 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    vae: VaeConfig = field(default_factory=VaeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
 
@@ -318,6 +332,12 @@ def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
                            "spatial axis (or leave it out: twice the patch size)")
     if recipe.train.max_steps < 1:
         raise CytogenError(f"{source}: train.max_steps must be >= 1")
+    if not 0.0 <= recipe.vae.beta <= 1.0:
+        raise CytogenError(f"{source}: vae.beta is {recipe.vae.beta}; it must be in [0, 1] "
+                           "(0: reconstruction only, 1: KL only; the paper's sweep spans 0.01-0.99)")
+    if recipe.vae.elbo_samples < 1:
+        raise CytogenError(f"{source}: vae.elbo_samples is {recipe.vae.elbo_samples}; it must be >= 1 "
+                           "(the paper averages 10 samples)")
     if recipe.data.num_workers < -1:
         raise CytogenError(f"{source}: data.num_workers must be >= 0, or -1 to choose automatically")
     if recipe.train.num_nodes < 1:

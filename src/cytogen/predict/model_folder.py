@@ -3,6 +3,10 @@
 ``model.json`` holds everything needed to rebuild and apply the generator: architecture name
 and arguments, normalisation parameters of source and target, channel names, pixel size,
 patch size, the training recipe and the cytogen version. No pickles are ever written or read.
+
+Statistical Cell models (``"kind": "statcell_reference"`` / ``"statcell_target"``) use the same
+folder format with their own metadata (structures, channels, crop size, beta, KL per latent
+dimension): :func:`save_statcell_folder` / :func:`load_statcell_folder`.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from cytogen.data.normalize import Normalizer
 from cytogen.errors import CytogenError
 from cytogen.io.atomic import atomic_dir
 from cytogen.models import build_model, list_models
+from cytogen.models.vae import VAES, build_vae
 
 FORMAT = "cytogen-model"
 FORMAT_VERSION = 1
@@ -91,6 +96,11 @@ def load_model_folder(folder: str | Path, device: str | torch.device = "cpu") ->
             f"{meta_path}: model format {meta.get('format')!r} v{meta.get('format_version')} is not "
             f"{FORMAT!r} v{FORMAT_VERSION}; re-export it with this cytogen version"
         )
+    if meta.get("kind") in STATCELL_KINDS:
+        raise CytogenError(
+            f"{folder}: this is a Statistical Cell model ({meta['kind']}), not an image translator; "
+            "use it with 'cytogen statcell embed|sample|walk|features|coupling' (e.g. cytogen statcell "
+            f"embed --reference {folder} --data CELLS/cells.csv --out EMB), not with predict/evaluate")
     arch = meta.get("architecture", {})
     if arch.get("name") not in list_models():
         raise CytogenError(
@@ -107,3 +117,135 @@ def load_model_folder(folder: str | Path, device: str | torch.device = "cpu") ->
     norm = meta["normalization"]
     return LoadedModel(net, meta, Normalizer.from_dict(norm["source"]),
                        Normalizer.from_dict(norm["target"]), folder)
+
+
+# ---------------------------------------------------------------- Statistical Cell models
+
+#: The ``kind`` values of Statistical Cell model folders.
+STATCELL_KINDS = ("statcell_reference", "statcell_target")
+
+
+@dataclass
+class LoadedStatCell:
+    """A Statistical Cell beta-VAE with its metadata (``model.json``), in eval mode."""
+
+    net: torch.nn.Module
+    meta: dict[str, Any]
+    folder: Path
+
+    @property
+    def kind(self) -> str:
+        """``"statcell_reference"`` or ``"statcell_target"``."""
+        return str(self.meta["kind"])
+
+    @property
+    def structures(self) -> list[str]:
+        """Structure names; a structure's index in this list is the model's class ``t``."""
+        return [str(s) for s in self.meta.get("structures", [])]
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.meta["architecture"]["kwargs"]["latent_dim"])
+
+    @property
+    def beta(self) -> float:
+        return float(self.meta["beta"])
+
+    @property
+    def dims(self) -> int:
+        return int(self.meta["architecture"]["kwargs"]["dims"])
+
+    @property
+    def crop_size(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.meta["crop_size"])
+
+
+def save_statcell_folder(folder: str | Path, net: torch.nn.Module, *, kind: str, architecture: dict[str, Any],
+                         structures: list[str], channels: list[str], crop_size: list[int],
+                         pixel_size_um: list[float] | None, beta: float, recipe: dict[str, Any] | None,
+                         extra: dict[str, Any] | None = None) -> Path:
+    """Write a Statistical Cell model folder atomically (``weights.safetensors`` + ``model.json``).
+
+    Parameters
+    ----------
+    folder
+        Destination (replaced as a whole).
+    net
+        The trained VAE (its ``state_dict`` is saved; float32 recommended).
+    kind
+        ``"statcell_reference"`` or ``"statcell_target"``.
+    architecture
+        ``{"name", "kwargs"}`` that :func:`~cytogen.models.vae.build_vae` rebuilds it from.
+    structures, channels, crop_size, pixel_size_um
+        From the cell set it was trained on (``pixel_size_um`` of the crops, or None).
+    beta
+        The objective's beta.
+    recipe
+        The training recipe (``Recipe.to_dict()``).
+    extra
+        More ``model.json`` keys, e.g. ``best_val_elbo`` and ``kl_per_dim``.
+    """
+    if kind not in STATCELL_KINDS:
+        raise CytogenError(f"kind {kind!r} is not one of {list(STATCELL_KINDS)}")
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "cytogen_version": __version__,
+        "kind": kind, "architecture": {"name": architecture["name"], "kwargs": dict(architecture["kwargs"])},
+        "structures": list(structures), "channels": list(channels), "crop_size": [int(s) for s in crop_size],
+        "pixel_size_um": None if pixel_size_um is None else [float(p) for p in pixel_size_um],
+        "beta": float(beta), "recipe": recipe or {}, **(extra or {}),
+    }
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    with atomic_dir(folder) as tmp:
+        tmp.mkdir()
+        save_file(state, str(tmp / "weights.safetensors"))
+        (tmp / "model.json").write_text(json.dumps(meta, indent=2))
+    return folder
+
+
+def load_statcell_folder(folder: str | Path, device: str | torch.device = "cpu",
+                         kind: str | None = None) -> LoadedStatCell:
+    """Rebuild a Statistical Cell model from its folder (eval mode, on ``device``).
+
+    Parameters
+    ----------
+    folder
+        ``RUN/model`` of ``cytogen train configs/statcell_*.yaml``.
+    kind
+        Require this kind (``"statcell_reference"`` or ``"statcell_target"``).
+
+    Raises
+    ------
+    CytogenError
+        Not a model folder, not a Statistical Cell model, the wrong kind, damaged weights.
+    """
+    folder = Path(folder)
+    meta_path, weights_path = folder / "model.json", folder / "weights.safetensors"
+    if not meta_path.is_file() or not weights_path.is_file():
+        raise CytogenError(
+            f"{folder}: not a cytogen model folder (needs model.json and weights.safetensors); pass RUN/model "
+            "from 'cytogen train configs/statcell_reference2d.yaml' (or statcell_target2d.yaml)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CytogenError(f"{meta_path}: not valid JSON ({exc}); the model folder is damaged") from exc
+    if meta.get("format") != FORMAT or meta.get("kind") not in STATCELL_KINDS:
+        raise CytogenError(
+            f"{folder}: not a Statistical Cell model (kind {meta.get('kind')!r}; an image translator has "
+            "none); pass RUN/model from 'cytogen train configs/statcell_reference2d.yaml' "
+            "(or statcell_target2d.yaml)")
+    if kind is not None and meta["kind"] != kind:
+        role = "reference" if kind == "statcell_reference" else "target"
+        raise CytogenError(f"{folder}: is a {meta['kind']} model, but a {kind} model is needed here "
+                           f"(the {role} model); pass the model folder of the other run")
+    arch = meta.get("architecture", {})
+    if arch.get("name") not in VAES:
+        raise CytogenError(f"{meta_path}: unknown architecture {arch.get('name')!r}; known: {VAES.names()}")
+    net = build_vae(arch["name"], **arch.get("kwargs", {}))
+    try:
+        net.load_state_dict(load_file(str(weights_path)))
+    except Exception as exc:  # safetensors raises several types for damaged files
+        raise CytogenError(f"{weights_path}: weights cannot be loaded ({exc}); the model folder is damaged") from exc
+    net.to(device).eval()
+    return LoadedStatCell(net, meta, folder)

@@ -1,4 +1,6 @@
-"""Lightning tasks: regression, conditional GAN and CycleGAN translation, built by name.
+"""Lightning tasks: regression, conditional GAN and CycleGAN translation, and the Statistical
+Cell's beta-VAEs (``statcell_reference``, ``statcell_target``; built by the cell workflow with
+their own arguments, see :mod:`cytogen.tasks.vae`), built by name.
 
 ``TASKS`` holds every registered task; :func:`build_task` builds one with the uniform
 arguments (see :mod:`cytogen.tasks.registry`). A new task is one module with a class decorated
@@ -11,8 +13,10 @@ from cytogen.tasks.registry import TASKS, register_task
 from cytogen.tasks.translate import TranslateTask
 from cytogen.tasks.gan import GANTranslateTask  # noqa: E402  (registers "gan")
 from cytogen.tasks.cyclegan import CycleGANTask  # noqa: E402  (registers "cyclegan")
+from cytogen.tasks.vae import ReferenceVAETask, TargetVAETask  # noqa: E402  (registers "statcell_*")
 
-__all__ = ["TASKS", "CycleGANTask", "GANTranslateTask", "TranslateTask", "build_task", "register_task"]
+__all__ = ["TASKS", "CycleGANTask", "GANTranslateTask", "ReferenceVAETask", "TargetVAETask", "TranslateTask",
+           "build_task", "register_task"]
 
 
 def build_task(task: str, *, model: dict[str, Any], discriminator: dict[str, Any], loss: dict[str, Any],

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 import warnings
 from dataclasses import asdict
@@ -11,12 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
-import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader
 
 from cytogen.config import Recipe, apply_overrides, load_recipe
@@ -26,19 +20,24 @@ from cytogen.data.normalize import Normalizer
 from cytogen.data.sampling import EpochSampler, ResumableLoader
 from cytogen.errors import CytogenError
 from cytogen.models.protocol import check_spatial_size
-from cytogen.io.atomic import write_json, write_text
+from cytogen.io.atomic import write_json
 from cytogen.losses.adversarial import check_soft_labels
 from cytogen.predict.model_folder import save_model_folder
-from cytogen.runtime import RuntimeSettings, resolve_runtime
 from cytogen.tasks import TASKS, build_task
-from cytogen.tasks.common import NonFiniteLossError
-from cytogen.workflows.train_support import (
-    AtomicCheckpointIO,
+from cytogen.workflows.train_support import (  # noqa: F401  (runtime_for, ... re-exported: public API)
     CleanProgressBar,
     ExactResume,
     RankAgreement,
+    build_trainer,
+    check_run_folder,
     check_task_uses,
+    fit,
+    fused_optimizer,
     hold_out_fields,
+    read_loss_log,
+    runtime_for,
+    speed_up_task,
+    start_run_folder,
 )
 
 
@@ -81,80 +80,19 @@ def _check_consistent(raw: list, dims: int, manifest: Path) -> tuple[int, int]:
     return c_in, c_out
 
 
-def _csv_version(run: Path) -> str:
-    """A fresh CSV log folder per (re)start: Lightning would delete an existing metrics.csv."""
-    n = 0
-    while (run / "logs" / ("csv" if n == 0 else f"csv_{n}") / "metrics.csv").exists():
-        n += 1
-    return "csv" if n == 0 else f"csv_{n}"
-
-
-def _is_rank_zero() -> bool:
-    """True in the process that writes outputs (before the process group exists too): the
-    rank variables of Lightning's launcher, torchrun and SLURM are all 0 or unset."""
-    return all(os.environ.get(k, "0") == "0"
-               for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
-
-
-def runtime_for(rec: Recipe) -> RuntimeSettings:
-    """Resolve a recipe's speed keys (``train.precision/fast/compile``) on this machine."""
-    return resolve_runtime(rec.train.precision, fast=rec.train.fast, compile=rec.train.compile,
-                           accelerator=rec.train.accelerator, devices=rec.train.devices,
-                           num_workers=rec.data.num_workers)
-
-
-def fused_optimizer(settings: RuntimeSettings) -> bool:
-    """Use the fused (single-kernel) Adam/AdamW step on the fast path."""
-    return settings.channels_last and settings.device in ("cpu", "cuda")
-
-
-def speed_up_task(task: L.LightningModule, settings: RuntimeSettings, dims: int) -> None:
-    """Apply channels-last and (when asked) ``torch.compile`` to a task's networks in place.
-
-    Compilation uses ``nn.Module.compile``, so checkpoints keep the plain parameter names. Only
-    the generators a task names in ``generator_modules`` are compiled: discriminators may need
-    double backward (R1 penalty), which compiled graphs do not support.
-    """
-    task.memory_format = settings.memory_format(dims)
-    if settings.compile:
-        for name in getattr(task, "generator_modules", ("net",)):
-            module = getattr(task, name, None)
-            if isinstance(module, torch.nn.Module):
-                module.compile()
-
-
-def _trainer(rec: Recipe, settings: RuntimeSettings, out: Path, callbacks: list[Callback],
-             progress: bool) -> L.Trainer:
-    """The Lightning Trainer of a run (loops, hardware, DDP, precision, logs, checkpoint IO).
-
-    Gradient clipping is done by the task (``train.grad_clip``, see
-    :class:`~cytogen.tasks.common.GradClipMixin`), under every precision and optimiser.
-    """
-    return L.Trainer(
-        default_root_dir=out, max_steps=rec.train.max_steps,
-        max_time={"minutes": rec.train.max_time_min} if rec.train.max_time_min else None,
-        val_check_interval=min(rec.train.val_every, rec.train.max_steps), check_val_every_n_epoch=None,
-        accelerator=rec.train.accelerator, devices=rec.train.devices, num_nodes=rec.train.num_nodes,
-        strategy=rec.train.strategy, precision=settings.precision, use_distributed_sampler=False,
-        logger=[CSVLogger(out, name="logs", version=_csv_version(out)),
-                TensorBoardLogger(out, name="logs", version="tensorboard")],
-        callbacks=callbacks, enable_progress_bar=progress, enable_model_summary=False,
-        plugins=[AtomicCheckpointIO()],
-        log_every_n_steps=rec.train.log_every, num_sanity_val_steps=0, deterministic=False,
-    )
-
-
 def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path, *,
           overrides: list[str] | None = None, max_steps: int | None = None,
           resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train a translation model and export ``OUT/model``.
+    """Train a translation model (or, for a task with ``data_kind = "cells"``, a Statistical
+    Cell model: see :func:`cytogen.workflows.train_cells.train_cells`) and export ``OUT/model``.
 
     Parameters
     ----------
     recipe
         A :class:`~cytogen.config.Recipe` (not modified), a YAML path, or None for the defaults.
     data
-        Manifest CSV with ``train`` (and ideally ``val``) fields. Without ``val`` rows a
+        Manifest CSV with ``train`` (and ideally ``val``) fields; for a cell task the
+        ``CELLS/cells.csv`` of ``cytogen cells extract``. Without ``val`` rows a
         reproducible 15 % of the training fields (at least one; whole manifest groups) is held
         out for validation, seeded by ``train.seed``; with a single training field this raises.
     out
@@ -173,19 +111,17 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
     rec = apply_overrides(recipe, overrides) if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
     if max_steps is not None:
         rec.train.max_steps = int(max_steps)  # rec is this call's own copy
+    source = "recipe" if recipe is None or isinstance(recipe, Recipe) else str(recipe)
     task_cls = TASKS.get(rec.task)
-    check_task_uses(rec, task_cls, "recipe" if recipe is None or isinstance(recipe, Recipe) else str(recipe))
-    check_soft_labels(rec.gan, rec.train.max_steps,
-                      "recipe" if recipe is None or isinstance(recipe, Recipe) else str(recipe))
+    check_task_uses(rec, task_cls, source)
+    check_soft_labels(rec.gan, rec.train.max_steps, source)
     out, data = Path(out), Path(data)
+    if getattr(task_cls, "data_kind", "fields") == "cells":  # declared by the task, e.g. statcell_*
+        from cytogen.workflows.train_cells import train_cells
+
+        return train_cells(rec, data, out, resume=resume, progress=progress, source=source)
     ckpt_dir = out / "checkpoints"
-    last = ckpt_dir / "last.ckpt"
-    if resume and not last.is_file():
-        raise CytogenError(f"{out}: nothing to resume (no checkpoints/last.ckpt); start without --resume")
-    if not resume and ckpt_dir.exists() and any(ckpt_dir.iterdir()):
-        raise CytogenError(f"{out}: run folder already has checkpoints; pass --resume or choose a new --out")
-    if out.resolve() == data.parent.resolve():
-        raise CytogenError(f"{out}: run folder is the manifest's folder; choose a separate --out")
+    last = check_run_folder(out, data, resume)
 
     entries = read_manifest(data)
     train_entries, val_entries, val_source = _split_entries(entries, rec.train.seed, data)
@@ -241,37 +177,10 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
     callbacks: list[Callback] = [ckpt, periodic, ExactResume(sampler, rec.data.batch_size, rec.train.seed), agreement]
     if progress:
         callbacks.append(CleanProgressBar(refresh_rate=5))
-    try:
-        trainer = _trainer(rec, settings, out, callbacks, progress)
-    except (ValueError, TypeError, MisconfigurationException) as exc:
-        raise CytogenError(
-            f"{recipe if not isinstance(recipe, Recipe) else 'recipe'}: Lightning refused "
-            f"accelerator={rec.train.accelerator!r}, devices={rec.train.devices!r}, "
-            f"strategy={rec.train.strategy!r} ({str(exc).splitlines()[0]}); use e.g. "
-            "--devices 2 --strategy ddp, or --accelerator cpu") from None
-    out.mkdir(parents=True, exist_ok=True)
-    if _is_rank_zero():
-        write_text(out / "recipe.yaml", yaml.safe_dump(rec.to_dict(), sort_keys=False))
-        write_json(out / "runtime.json", settings.to_dict())
-    if progress and _is_rank_zero():  # after every input check: a bad input gets one line only
-        print(f"validation: {val_source}", file=sys.stderr)
-        for note in settings.notes:
-            print(f"note: {note}", file=sys.stderr)
-    if resume:  # temporary files of a checkpoint write that a kill interrupted
-        for stale in ckpt_dir.glob(".*.tmp*"):
-            stale.unlink(missing_ok=True)
+    trainer = build_trainer(rec, settings, out, callbacks, progress, source)
+    start_run_folder(out, rec, settings, progress, val_source)
     t0 = time.perf_counter()
-    try:
-        with warnings.catch_warnings():  # the caller's warning filters stay as they were
-            # The state after the optimiser step is what a checkpoint at step N should hold.
-            warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
-            trainer.fit(task, train_dl, val_dl, ckpt_path=str(last) if resume else None, weights_only=True)
-    except NonFiniteLossError as exc:
-        good = f"the last good checkpoint is {last}; " if last.is_file() else ""
-        raise CytogenError(
-            f"{out}: training stopped: {exc}. {good}lower optim.lr, set train.grad_clip (e.g. 1.0) "
-            "or check the data for extreme values, then run again (with --resume to continue)"
-        ) from None
+    fit(trainer, task, train_dl, val_dl, out, last, resume)
     train_s = time.perf_counter() - t0
     in_sync = len(set(agreement.digests)) == 1
     if not trainer.is_global_zero:
@@ -307,29 +216,6 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
     write_json(out / "train_summary.json", summary)
     _plot_losses(out)
     return summary
-
-
-def read_loss_log(run: str | Path) -> dict[str, np.ndarray]:
-    """Columns of the CSV training logs (step, train_loss, val_loss, ...) as arrays.
-
-    The logs of a run and of each resumed restart are joined; where a restart repeated steps,
-    the later restart's rows win.
-    """
-    import csv
-
-    parts = sorted((Path(run) / "logs").glob("csv*/metrics.csv"),
-                   key=lambda p: int(p.parent.name.partition("_")[2] or 0))
-    rows: list[dict[str, str]] = []
-    for path in parts:
-        with open(path) as fh:
-            new = list(csv.DictReader(fh))
-        if new and rows:
-            first = min(float(r["step"]) for r in new if r.get("step"))
-            rows = [r for r in rows if float(r.get("step") or 0) < first]
-        rows.extend(new)
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    return {k: np.asarray([float(r[k]) if r.get(k) not in ("", None) else np.nan for r in rows])
-            for k in keys}
 
 
 def _plot_losses(run: Path) -> None:

@@ -1,24 +1,34 @@
-"""Lightning plumbing for ``cytogen train``: atomic checkpoints, exact resume, a clean progress bar,
-and a check that DDP ranks end with identical weights."""
+"""Lightning plumbing for ``cytogen train``, shared by the translators (``train``) and the
+cell models (``train_cells``): atomic checkpoints, exact resume, a clean progress bar, the
+Trainer, the run-folder checks, the guarded fit, the runtime speed settings, the loss log, and a
+check that DDP ranks end with identical weights."""
 
 from __future__ import annotations
 
 import hashlib
 import math
+import os
 import random
+import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+import yaml
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from cytogen.data.manifest import FieldEntry
 from cytogen.data.sampling import EpochSampler
 from cytogen.errors import CytogenError
-from cytogen.io.atomic import atomic_file
+from cytogen.io.atomic import atomic_file, write_json, write_text
+from cytogen.runtime import RuntimeSettings, resolve_runtime
+from cytogen.tasks.common import NonFiniteLossError
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -79,9 +89,10 @@ def hold_out_fields(train: list[FieldEntry], seed: int, source: str = "manifest"
 def check_task_uses(recipe: Any, task_cls: type, source: str = "recipe") -> None:
     """Refuse recipe settings the task would ignore (a setting that is accepted must take effect).
 
-    Among the optional sections ``gan``, ``discriminator`` and ``loss``, every key that the task
-    does not declare in its ``uses`` (``"section"`` or ``"section.key"``) must keep its default.
-    ``loss.mask`` chooses the training mask for every task and is always allowed.
+    Among the optional sections ``gan``, ``discriminator``, ``loss`` and ``vae``, every key that
+    the task does not declare in its ``uses`` (``"section"`` or ``"section.key"``) must keep its
+    default. ``loss.mask`` chooses the training mask of every field task (``data_kind``
+    ``"fields"``) and is always allowed there.
 
     Raises
     ------
@@ -91,15 +102,16 @@ def check_task_uses(recipe: Any, task_cls: type, source: str = "recipe") -> None
     from dataclasses import fields
 
     uses = frozenset(getattr(task_cls, "uses", frozenset()))
+    free = {"loss.mask"} if getattr(task_cls, "data_kind", "fields") == "fields" else set()
     default = type(recipe)()
     ignored = []
-    for section in ("gan", "discriminator", "loss"):
+    for section in ("gan", "discriminator", "loss", "vae"):
         if section in uses:
             continue
         given, base = getattr(recipe, section), getattr(default, section)
         for f in fields(given):
             key = f"{section}.{f.name}"
-            if key in uses or key == "loss.mask":
+            if key in uses or key in free:
                 continue
             if getattr(given, f.name) != getattr(base, f.name):
                 ignored.append(f"{key}={getattr(given, f.name)!r}")
@@ -197,3 +209,154 @@ class RankAgreement(Callback):
             self.digests = [str(d) for d in gathered]
         else:
             self.digests = [mine]
+
+
+# ---------------------------------------------------------------- run set-up shared by every task
+
+
+def csv_version(run: Path) -> str:
+    """A fresh CSV log folder per (re)start: Lightning would delete an existing metrics.csv."""
+    n = 0
+    while (run / "logs" / ("csv" if n == 0 else f"csv_{n}") / "metrics.csv").exists():
+        n += 1
+    return "csv" if n == 0 else f"csv_{n}"
+
+
+def is_rank_zero() -> bool:
+    """True in the process that writes outputs (before the process group exists too): the
+    rank variables of Lightning's launcher, torchrun and SLURM are all 0 or unset."""
+    return all(os.environ.get(k, "0") == "0"
+               for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+def runtime_for(rec: Any) -> RuntimeSettings:
+    """Resolve a recipe's speed keys (``train.precision/fast/compile``) on this machine."""
+    return resolve_runtime(rec.train.precision, fast=rec.train.fast, compile=rec.train.compile,
+                           accelerator=rec.train.accelerator, devices=rec.train.devices,
+                           num_workers=rec.data.num_workers)
+
+
+def fused_optimizer(settings: RuntimeSettings) -> bool:
+    """Use the fused (single-kernel) Adam/AdamW step on the fast path."""
+    return settings.channels_last and settings.device in ("cpu", "cuda")
+
+
+def speed_up_task(task: L.LightningModule, settings: RuntimeSettings, dims: int) -> None:
+    """Apply channels-last and (when asked) ``torch.compile`` to a task's networks in place.
+
+    Compilation uses ``nn.Module.compile``, so checkpoints keep the plain parameter names. Only
+    the generators a task names in ``generator_modules`` are compiled: discriminators may need
+    double backward (R1 penalty), which compiled graphs do not support.
+    """
+    task.memory_format = settings.memory_format(dims)
+    if settings.compile:
+        for name in getattr(task, "generator_modules", ("net",)):
+            module = getattr(task, name, None)
+            if isinstance(module, torch.nn.Module):
+                module.compile()
+
+
+def check_run_folder(out: Path, data: Path, resume: bool) -> Path:
+    """Refuse a resume without a checkpoint, a fresh start over checkpoints, and a run folder
+    that is the data's folder. Returns ``OUT/checkpoints/last.ckpt``."""
+    ckpt_dir = out / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    if resume and not last.is_file():
+        raise CytogenError(f"{out}: nothing to resume (no checkpoints/last.ckpt); start without --resume")
+    if not resume and ckpt_dir.exists() and any(ckpt_dir.iterdir()):
+        raise CytogenError(f"{out}: run folder already has checkpoints; pass --resume or choose a new --out")
+    if out.resolve() == data.parent.resolve():
+        raise CytogenError(f"{out}: run folder is the manifest's folder; choose a separate --out")
+    return last
+
+
+def build_trainer(rec: Any, settings: RuntimeSettings, out: Path, callbacks: list[Callback],
+                  progress: bool, source: str = "recipe") -> L.Trainer:
+    """The Lightning Trainer of a run (loops, hardware, DDP, precision, logs, checkpoint IO).
+
+    Gradient clipping is done by the task (``train.grad_clip``, see
+    :class:`~cytogen.tasks.common.GradClipMixin`), under every precision and optimiser.
+
+    Raises
+    ------
+    CytogenError
+        When Lightning refuses the accelerator/devices/strategy combination.
+    """
+    try:
+        return L.Trainer(
+            default_root_dir=out, max_steps=rec.train.max_steps,
+            max_time={"minutes": rec.train.max_time_min} if rec.train.max_time_min else None,
+            val_check_interval=min(rec.train.val_every, rec.train.max_steps), check_val_every_n_epoch=None,
+            accelerator=rec.train.accelerator, devices=rec.train.devices, num_nodes=rec.train.num_nodes,
+            strategy=rec.train.strategy, precision=settings.precision, use_distributed_sampler=False,
+            logger=[CSVLogger(out, name="logs", version=csv_version(out)),
+                    TensorBoardLogger(out, name="logs", version="tensorboard")],
+            callbacks=callbacks, enable_progress_bar=progress, enable_model_summary=False,
+            plugins=[AtomicCheckpointIO()],
+            log_every_n_steps=rec.train.log_every, num_sanity_val_steps=0, deterministic=False,
+        )
+    except (ValueError, TypeError, MisconfigurationException) as exc:
+        raise CytogenError(
+            f"{source}: Lightning refused "
+            f"accelerator={rec.train.accelerator!r}, devices={rec.train.devices!r}, "
+            f"strategy={rec.train.strategy!r} ({str(exc).splitlines()[0]}); use e.g. "
+            "--devices 2 --strategy ddp, or --accelerator cpu") from None
+
+
+def start_run_folder(out: Path, rec: Any, settings: RuntimeSettings, progress: bool, val_source: str) -> None:
+    """Create the run folder, write ``recipe.yaml`` and ``runtime.json`` (rank 0) and say where
+    validation comes from (after every input check, so a bad input gets one line only)."""
+    out.mkdir(parents=True, exist_ok=True)
+    if is_rank_zero():
+        write_text(out / "recipe.yaml", yaml.safe_dump(rec.to_dict(), sort_keys=False))
+        write_json(out / "runtime.json", settings.to_dict())
+    if progress and is_rank_zero():
+        print(f"validation: {val_source}", file=sys.stderr)
+        for note in settings.notes:
+            print(f"note: {note}", file=sys.stderr)
+
+
+def fit(trainer: L.Trainer, task: L.LightningModule, train_dl: Any, val_dl: Any, out: Path, last: Path,
+        resume: bool) -> None:
+    """``trainer.fit`` from scratch or from ``last`` (resume), with a NaN loss turned into a
+    CytogenError naming the last good checkpoint and the fixes.
+
+    The caller's warning filters stay as they were.
+    """
+    if resume:  # temporary files of a checkpoint write that a kill interrupted
+        for stale in last.parent.glob(".*.tmp*"):
+            stale.unlink(missing_ok=True)
+    try:
+        with warnings.catch_warnings():
+            # The state after the optimiser step is what a checkpoint at step N should hold.
+            warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+            trainer.fit(task, train_dl, val_dl, ckpt_path=str(last) if resume else None, weights_only=True)
+    except NonFiniteLossError as exc:
+        good = f"the last good checkpoint is {last}; " if last.is_file() else ""
+        raise CytogenError(
+            f"{out}: training stopped: {exc}. {good}lower optim.lr, set train.grad_clip (e.g. 1.0) "
+            "or check the data for extreme values, then run again (with --resume to continue)"
+        ) from None
+
+
+def read_loss_log(run: str | Path) -> dict[str, np.ndarray]:
+    """Columns of the CSV training logs (step, train_loss, val_loss, ...) as arrays.
+
+    The logs of a run and of each resumed restart are joined; where a restart repeated steps,
+    the later restart's rows win.
+    """
+    import csv
+
+    parts = sorted((Path(run) / "logs").glob("csv*/metrics.csv"),
+                   key=lambda p: int(p.parent.name.partition("_")[2] or 0))
+    rows: list[dict[str, str]] = []
+    for path in parts:
+        with open(path) as fh:
+            new = list(csv.DictReader(fh))
+        if new and rows:
+            first = min(float(r["step"]) for r in new if r.get("step"))
+            rows = [r for r in rows if float(r.get("step") or 0) < first]
+        rows.extend(new)
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    return {k: np.asarray([float(r[k]) if r.get(k) not in ("", None) else np.nan for r in rows])
+            for k in keys}
