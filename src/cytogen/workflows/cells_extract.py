@@ -19,6 +19,7 @@ import numpy as np
 from cytogen.data.cells import field_cells, preprocess_field
 from cytogen.data.cellset import write_cellset
 from cytogen.errors import CytogenError
+from cytogen.io.atomic import write_json
 from cytogen.evaluate.features import feature_names, feature_units
 from cytogen.io.images import read_spec
 from cytogen.segment.cells import CELLS_METHOD, NUCLEI_METHOD, match_nuclei, segment_cells, segment_nuclei
@@ -345,4 +346,5 @@ def extract_cells(data, out, *, size=(64, 64), projection=False, rescale=False, 
         extra["montage.png"] = montage
     write_cellset(out, images, rows, meta, extra_files=extra)
     summary["seconds"] = round(time.time() - t0, 2)
+    write_json(out / "summary.json", summary)  # again, with the time including the writing
     return summary
