@@ -12,6 +12,8 @@ import pytest
 from cytogen.errors import CytogenError
 from cytogen.workflows.statcell_stats import perturbation
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _write_embeddings(path: Path, seed: int = 0) -> Path:
     """Two plate rows per dose series: zt shifts with dose along a planted direction, zr does not;
@@ -198,3 +200,66 @@ def test_coupling_known_answers(copy_cells, tmp_path, monkeypatch):
     row = next(r for r in summ if r["group"] == "membrane_copy / phase=a")
     assert float(row["coupling_cell_lo"]) <= float(row["coupling_cell_mean"]) <= float(row["coupling_cell_hi"])
     assert (tmp_path / "out" / "report.html").is_file()
+
+
+# ------------------------------------------------------------------ sweep (two tiny models)
+def _disk_cells(root: Path) -> Path:
+    from cytogen.data.cellset import write_cellset
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:16, :16]
+    images, rows = [], []
+    for i in range(40):
+        r = rng.uniform(3, 7)
+        cell = ((yy - 8) ** 2 + (xx - 8) ** 2 < r * r).astype(np.float32)
+        nuc = ((yy - 8) ** 2 + (xx - 8) ** 2 < (r / 2) ** 2).astype(np.float32) * rng.uniform(0.5, 1)
+        images.append(np.stack([cell, nuc, 0.3 * cell]))
+        rows.append({"cell_id": f"f/{i}", "field": "f", "cell_label": str(i + 1), "structure": "s",
+                     "structure_index": "0", "split": "train" if i < 28 else "val" if i < 34 else "test"})
+    return write_cellset(root, np.stack(images), rows,
+                         {"channels": ["cell", "dna", "target"], "reference_channels": [0, 1], "target_channel": 2,
+                          "structures": ["s"], "reference_cell_channel": "mask", "pixel_size_um": None})
+
+
+_TINY = ["model.kwargs.latent_dim=4", "model.kwargs.widths=[4,8]", "data.patch_size=[16,16]",
+         "data.batch_size=8", "train.val_every=5", "vae.elbo_samples=2", "train.max_time_min=null", "train.precision=32"]
+
+
+def test_sweep_tiny_models(tmp_path):
+    from cytogen.config import bundled_recipe
+    from cytogen.data.cellset import read_cellset
+    from cytogen.predict.model_folder import load_statcell_folder
+    from cytogen.predict.statcell import elbo_cells
+    from cytogen.workflows.statcell_stats import sweep
+
+    cells = _disk_cells(tmp_path / "CELLS")
+    s = sweep(bundled_recipe("statcell_reference2d"), cells / "cells.csv", tmp_path / "sw", betas=(0.9, 0.2),
+              max_steps=3, overrides=_TINY, split="test")
+    assert s["betas"] == [0.2, 0.9] and s["split"] == "test" and s["n_cells"] == 6
+    table = _read(tmp_path / "sw" / "sweep.csv")
+    assert [float(r["beta"]) for r in table] == [0.2, 0.9]
+    # the rate/distortion of each beta are the 10-sample (here 2) ELBO terms of that run's model
+    m = load_statcell_folder(tmp_path / "sw" / "beta_0.2" / "model")
+    assert m.beta == pytest.approx(0.2)
+    cs = read_cellset(cells)
+    est = elbo_cells(m, cs, cs.indices("test"), n_samples=2, seed=0)
+    assert float(table[0]["rate"]) == pytest.approx(float(est["kl"].sum(1).mean()), rel=1e-5)
+    assert float(table[0]["distortion"]) == pytest.approx(float(est["recon"].mean()), rel=1e-5)
+    feats = _read(tmp_path / "sw" / "features.csv")
+    assert {r["beta"] for r in feats} == {"real", "0.2", "0.9"} and "cell_area" in feats[0]
+    assert (tmp_path / "sw" / "report.html").is_file()
+
+
+def test_sweep_refuses_bad_settings(tmp_path):
+    from cytogen.config import bundled_recipe
+    from cytogen.workflows.statcell_stats import sweep
+
+    cells = _disk_cells(tmp_path / "CELLS")
+    rec = bundled_recipe("statcell_reference2d")
+    with pytest.raises(CytogenError, match="--betas"):
+        sweep(rec, cells / "cells.csv", tmp_path / "a", betas=(0.5,), overrides=["vae.beta=0.3"])
+    with pytest.raises(CytogenError, match=r"\[0, 1\]"):
+        sweep(rec, cells / "cells.csv", tmp_path / "b", betas=(0.5, 1.5))
+    with pytest.raises(CytogenError, match="Statistical Cell"):
+        sweep(bundled_recipe("translate_unet2d"), cells / "cells.csv", tmp_path / "c", betas=(0.5,))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
