@@ -206,7 +206,11 @@ def perturbation(embeddings: str | Path, out: str | Path, *, condition: str, con
         raise CytogenError(f"learn_on {learn_on!r} selects every cell: nothing is left to measure on")
     if learn and not is_learn.any():
         raise CytogenError(f"learn_on {learn_on!r} selects no cell of {path}")
-    Z = {s: np.array([[float(r[c]) for c in cols] for r in rows]) for s, cols in space_cols.items()}
+    try:
+        Z = {s: np.array([[float(r[c]) for c in cols] for r in rows]) for s, cols in space_cols.items()}
+    except ValueError as exc:
+        raise CytogenError(f"{path}: a latent column holds a non-number ({exc}); re-run 'cytogen statcell embed'") from None
+    notes: list[str] = []
     base = {b: np.array([_num(r[b]) if _num(r[b]) is not None else np.nan for r in rows]) for b in baseline_columns}
     dose = np.array([_num(v) for v in cond_raw], float) if numeric else None
     wells = np.array([r[well_column] for r in rows]) if well_column and well_column in header else None
@@ -250,12 +254,15 @@ def perturbation(embeddings: str | Path, out: str | Path, *, condition: str, con
         lc, lt = gm & is_learn & (cond == ctrl), gm & is_learn & (cond == treat)
         hc, ht = gm & held & (cond == ctrl), gm & held & (cond == treat)
         values: dict[str, np.ndarray] = {}
+        if lc.sum() < 1 or lt.sum() < 1:
+            notes.append(f"group {g}: no learning cells of the control or of {treat!r}; no direction")
         for s in spaces:
             if lc.sum() < 1 or lt.sum() < 1:
                 continue
             try:
                 u = L.direction(Z[s][lc], Z[s][lt])
             except CytogenError:
+                notes.append(f"group {g}, space {s}: control and treated centroids coincide; no direction")
                 continue
             proj[s][gm] = L.project(Z[s][gm], Z[s][lc].mean(axis=0), u)
             values[s] = proj[s]
@@ -304,7 +311,7 @@ def perturbation(embeddings: str | Path, out: str | Path, *, condition: str, con
                                              "p_bonferroni")} for r in shifts],
                "zprime_wells": ({f"{r['group']}/{r['readout']}": r["z_prime_wells"] for r in zrows}
                                 if wells is not None else None),
-               "shift_ratio": ratios, "n_significant": int(sum(r["significant"] for r in shifts)),
+               "shift_ratio": ratios, "notes": notes, "n_significant": int(sum(r["significant"] for r in shifts)),
                "seconds": round(time.perf_counter() - t0, 2)}
     prow = [{"cell_id": r.get("cell_id", str(i)), "group": groups[i], condition: cond[i],
              "learn": bool(is_learn[i]) if learn else True, **{f"proj_{s}": proj[s][i] for s in spaces}}
