@@ -186,8 +186,8 @@ def _disks(n: int, g: torch.Generator, size: int = 32) -> tuple[torch.Tensor, to
 
 
 def test_reference_vae_learns_disk_radius(seeded):
-    net = ReferenceVAE(in_channels=1, size=(32, 32), widths=(4, 8, 16), latent_dim=4)
-    opt = torch.optim.Adam(net.parameters(), 3e-3)
+    net = ReferenceVAE(in_channels=1, size=(32, 32), widths=(8, 16, 32), latent_dim=4)
+    opt = torch.optim.Adam(net.parameters(), 2e-3)
     g = torch.Generator().manual_seed(1)
     for _ in range(100):
         x, _ = _disks(16, g)

@@ -16,12 +16,19 @@ that double every axis with widths in reverse, a final 3x3 conv and a sigmoid: d
 Spectral normalisation wraps every conv, transposed conv and linear layer (``spectral_norm=True``);
 BatchNorm and ReLU as in the authors' code (``norm=`` / ``activation=`` to change).
 
-Sizes. The defaults (``widths=(32, 64, 128, 256)``, ``latent_dim=64``) train on a CPU in minutes
-for 64 x 64 crops: 2D 64 x 64 ~3.4 M parameters (reference), one forward+backward step on a batch
-of 32 ~0.9 s on one thread; 3D (32, 64, 64) ~11 M. The paper's models (latent 512, blocks of
-64..1024 channels): ``latent_dim=512, widths=(64, 128, 256, 512, 1024)``; for 2D crops of
-128 x 96 that gives ~21 M parameters for the reference model (paper's 2D: 22.3 M; its 3D, 128 x 96
-x 64, 122.6 M). ``size`` must be divisible by ``2**len(widths)`` on every axis.
+Sizes (measured on one CPU thread, forward + backward + Adam step, beta-ELBO loss):
+
+* defaults, 2D 64 x 64: 3.26 M parameters (reference; target 3.26 M), 0.7 s per batch of 32;
+* 3D (32, 64, 64) with the default widths: 10.2 M, 10 s per batch of 8 (too slow for a CPU);
+  ``widths=(16, 32, 64, 128)``: 2.9 M, 3.9 s per batch of 8; (16, 32, 32) with
+  ``widths=(16, 32, 64)``: 0.94 M, 0.28 s per batch of 8;
+* the paper's scale (latent 512; its 2D model has 22.3 M parameters, its 3D one 122.6 M):
+  2D ``latent_dim=512, widths=(32, 64, 128, 256, 512)`` at 128 x 96 gives 19.3 M; 3D
+  ``latent_dim=512, widths=(48, 96, 192, 384, 768)`` at (64, 128, 96) gives 106 M (GPU sizes).
+
+``size`` must be divisible by ``2**len(widths)`` on every axis (a CytogenError says so).
+:attr:`~ReferenceVAE.architecture` gives the complete ``{"name", "kwargs"}`` to rebuild a model
+with :func:`build_vae` (save it with the weights).
 
 These are not generators (image -> image) and are registered in :data:`VAES`, not in
 ``cytogen.models.MODELS``.
@@ -39,7 +46,7 @@ from torch import Tensor, nn
 
 from cytogen.errors import CytogenError
 from cytogen.models.blocks import conv_nd, make_activation, make_norm
-from cytogen.models.vae_blocks import DownBlock, UpBlock, _check_choices, check_vae_size, sn_wrap
+from cytogen.models.vae_blocks import DownBlock, UpBlock, check_vae_choices, check_vae_size, sn_wrap
 from cytogen.registry import Registry
 
 __all__ = ["VAES", "ReferenceVAE", "TargetVAE", "build_vae", "reparameterize"]
@@ -126,7 +133,7 @@ class _VAEBase(nn.Module):
         what = f"{self.name} model"
         w = _check_widths(widths, latent_dim, what)
         size_t = check_vae_size(size, dims, len(w), what)
-        _check_choices(norm, activation, bypass)
+        check_vae_choices(norm, activation, bypass)
         self.dims, self.size, self.latent_dim, self.widths = dims, size_t, latent_dim, w
         return size_t, w
 
@@ -168,7 +175,8 @@ class ReferenceVAE(_VAEBase):
         super().__init__()
         size_t, w = self._common(dims, size, latent_dim, widths, norm, activation, bypass)
         if not isinstance(in_channels, int) or in_channels < 1:
-            raise CytogenError(f"{self.name} model: in_channels must be a positive integer, got {in_channels!r}")
+            raise CytogenError(f"{self.name} model: in_channels must be a positive integer, "
+                               f"got {in_channels!r}")
         self.in_channels = in_channels
         self._kwargs = dict(in_channels=in_channels, dims=dims, size=list(size_t), latent_dim=latent_dim,
                             widths=list(w), spectral_norm=bool(spectral_norm), norm=norm,

@@ -34,7 +34,7 @@ from torch.nn.utils.parametrizations import spectral_norm as _sn
 from cytogen.errors import CytogenError
 from cytogen.models.blocks import conv_nd, conv_transpose_nd, make_activation, make_norm
 
-__all__ = ["BYPASSES", "DownBlock", "UpBlock", "check_vae_size", "sn_wrap"]
+__all__ = ["BYPASSES", "DownBlock", "UpBlock", "check_vae_choices", "check_vae_size", "sn_wrap"]
 
 BYPASSES = ("pool", "conv3")
 
@@ -71,7 +71,8 @@ def check_vae_size(size: Sequence[int], dims: int, n_blocks: int, what: str) -> 
     return size_t
 
 
-def _check_choices(norm: str, activation: str, bypass: str) -> None:
+def check_vae_choices(norm: str, activation: str, bypass: str) -> None:
+    """Refuse an unknown norm, activation or bypass with a CytogenError."""
     if bypass not in BYPASSES:
         raise CytogenError(f"bypass must be one of {BYPASSES}, got {bypass!r}")
     try:
