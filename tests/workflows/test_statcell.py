@@ -56,7 +56,7 @@ def setup(tmp_path_factory, one_thread):
     cells = write_cellset(root / "CELLS", images, rows, {"channels": CHANNELS, "reference_channels": [0, 1],
                                                          "target_channel": 2, "pixel_size_um": [0.5, 0.5]})
     torch.manual_seed(0)
-    net = ReferenceVAE(size=(S, S), latent_dim=2, widths=(8, 16))
+    net = ReferenceVAE(size=(S, S), latent_dim=2, widths=(4, 8))
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     x = torch.from_numpy(images[:, :2])
     for _ in range(120):  # enough for the radius to become the dominant latent factor
@@ -205,3 +205,30 @@ def test_cli_exit_codes(setup, tmp_path, capsys):
                  "--out", str(tmp_path / "S")]) == 2
     err = capsys.readouterr().err
     assert "not empty" in err and "Traceback" not in err
+
+
+def test_3d_cells_use_the_3d_feature_names(tmp_path):
+    rng = np.random.default_rng(1)
+    size = (8, 16, 16)
+    zz, yy, xx = np.mgrid[:8, :16, :16]
+    d = np.sqrt(((zz - 3.5) * 2) ** 2 + (yy - 7.5) ** 2 + (xx - 7.5) ** 2)
+    images = np.zeros((12, 3, *size), np.float32)
+    for i, r in enumerate(rng.uniform(3, 7, 12)):
+        images[i, 0], images[i, 1], images[i, 2] = d < r, 0.8 * (d < r / 2), rng.random(size) * (d < r)
+    rows = [{"cell_id": f"f/{i}", "structure": "a", "split": "train"} for i in range(12)]
+    cells = write_cellset(tmp_path / "C3", images, rows, {"channels": CHANNELS, "target_channel": 2,
+                                                          "reference_channels": [0, 1], "pixel_size_um": [1, 0.5, 0.5]})
+    torch.manual_seed(0)
+    net = ReferenceVAE(dims=3, size=size, latent_dim=3, widths=(4, 8))
+    ref = save_statcell_folder(tmp_path / "R3", net, kind="statcell_reference", architecture=net.architecture,
+                               structures=[], channels=CHANNELS, crop_size=list(size), pixel_size_um=[1, 0.5, 0.5],
+                               beta=0.5, recipe=None, extra={"kl_per_dim": [0.1, 0.2, 0.3]})
+    s = W.features(ref, cells, tmp_path / "F3", split=None, n_generated=4)
+    names = [r["feature"] for r in _csv(tmp_path / "F3" / "comparison.csv")]
+    assert "cell_volume" in names and "nucleus_sphericity" in names and "cell_area" not in names
+    assert s["units"]["cell_volume"] == "um^3"
+    assert "no dimension has mean KL > 0.6" in s["regression"]["notes"][0]
+    assert s["regression"]["dims"] == [2, 1, 0]
+    W.walk(ref, cells, tmp_path / "W3", n_dims=1, steps=3)
+    assert np.load(tmp_path / "W3" / "walk.npy").shape == (1, 3, 2, *size)
+    assert W.embed(ref, cells, tmp_path / "E3", pca=2)["pca"]["n_fit"] == 12

@@ -99,7 +99,8 @@ def _check_reference(model: LoadedStatCell, reference: np.ndarray) -> np.ndarray
 
 
 def embed_cells(ref: LoadedStatCell | None, tgt: LoadedStatCell | None, cellset: CellSet,
-                indices: np.ndarray, batch_size: int = 64) -> dict[str, np.ndarray]:
+                indices: np.ndarray, batch_size: int = 64,
+                progress: Callable[[str], None] | None = None) -> dict[str, np.ndarray]:
     """Posterior means of the cells: ``{"zr": (n, Dr), "zt": (n, Dt)}`` (keys of the given models).
 
     Parameters
@@ -108,6 +109,8 @@ def embed_cells(ref: LoadedStatCell | None, tgt: LoadedStatCell | None, cellset:
         Loaded reference / target models (either may be None).
     cellset
         The cells; ``indices`` are its row indices, in the order of the output rows.
+    progress
+        Called with a line of text now and then (e.g. a printer to stderr).
     """
     indices = np.asarray(indices, dtype=np.int64)
     out: dict[str, np.ndarray] = {}
@@ -125,6 +128,8 @@ def embed_cells(ref: LoadedStatCell | None, tgt: LoadedStatCell | None, cellset:
                     t = torch.from_numpy(t_ids[sl]).to(dev)
                     mu, _ = model.net.encode(torch.from_numpy(x_t).to(dev), xr, t)
                 parts.append(mu.float().cpu().numpy())
+                if progress is not None and (sl.stop % (20 * batch_size) == 0 or sl.stop == len(indices)):
+                    progress(f"{key}: {sl.stop}/{len(indices)} cells")
         out[key] = np.concatenate(parts) if parts else np.zeros((0, model.latent_dim), np.float32)
     return out
 

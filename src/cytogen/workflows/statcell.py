@@ -16,10 +16,10 @@ import numpy as np
 
 from cytogen.errors import CytogenError
 from cytogen.evaluate import latent
-from cytogen.io.atomic import atomic_dir
+from cytogen.io.atomic import atomic_dir, write_bytes
 from cytogen.predict import statcell as sc
 from cytogen.report import statcell_figures as figs
-from cytogen.report.figures import save_figure
+from cytogen.report.figures import figure_png_bytes
 from cytogen.report.html import Section
 from cytogen.workflows.evaluate import write_csv
 from cytogen.workflows.statcell_support import (CropRows, cell_indices, check_cells, check_out, check_pair,
@@ -80,7 +80,7 @@ def embed(reference: str | Path, data: str | Path, out: str | Path, *, target: s
     check_cells(cs, ref, tgt)
     idx = cell_indices(cs, split)
     say(f"embedding {len(idx)} cells")
-    z = sc.embed_cells(ref, tgt, cs, idx, batch_size=batch_size)
+    z = sc.embed_cells(ref, tgt, cs, idx, batch_size=batch_size, progress=say)
     pca_scores, pca_info = _pca_baseline(cs, idx, pca) if pca else (None, None)
     rows = []
     for k, i in enumerate(idx):
@@ -199,12 +199,12 @@ def sample(reference: str | Path, out: str | Path, *, target: str | Path | None 
             summary["mode"] = "prior"
         shown, titles = list(samples), [f"sample {k}" for k in range(n)]
     summary.update({"shape": list(samples.shape), "what": what, "seconds": round(time.time() - t0, 2)})
-    montage = figs.montage_figure(shown, titles)
+    montage = figure_png_bytes(figs.montage_figure(shown, titles))  # rendered once: file and report
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(out) as tmp:
         tmp.mkdir()
         save_npy(tmp / "samples.npy", samples)
-        save_figure(montage, tmp / "montage.png")
+        write_bytes(tmp / "montage.png", montage)
         finish(tmp, summary, "cytogen statcell sample",
                 [Section("Samples", [what + ". Red: cell, blue: DNA, green: target; 3D as max projections."],
                          figures=[("samples", montage)])], f"seed {seed}")
@@ -251,7 +251,7 @@ def walk(reference: str | Path, data: str | Path, out: str | Path, *, target: st
     if not 1 <= n_dims <= ref.latent_dim:
         raise CytogenError(f"--n-dims must be between 1 and the latent size {ref.latent_dim}, got {n_dims}")
     idx = cell_indices(cs, split)
-    zr = sc.embed_cells(ref, None, cs, idx)["zr"]
+    zr = sc.embed_cells(ref, None, cs, idx, progress=say)["zr"]
     order, mad = latent.rank_by_mad(zr)
     chosen = order[:n_dims]
     sd = zr[:, chosen].std(axis=0)
@@ -283,12 +283,12 @@ def walk(reference: str | Path, data: str | Path, out: str | Path, *, target: st
                           "spearman_rho": None if best is None else rho[best]})
     summary.update({"dims": dims_info, "shape": list(walk_arr.shape), "seconds": round(time.time() - t0, 2)})
     labels = [f"zr_{i['dim']}: {i['most_moved_feature'] or '-'}" for i in dims_info]
-    fig = figs.walk_figure(walk_arr, labels, [f"{p:+.1f} sd" for p in pos])
+    fig = figure_png_bytes(figs.walk_figure(walk_arr, labels, [f"{p:+.1f} sd" for p in pos]))
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(out) as tmp:
         tmp.mkdir()
         save_npy(tmp / "walk.npy", walk_arr)
-        save_figure(fig, tmp / "walk.png")
+        write_bytes(tmp / "walk.png", fig)
         write_csv(tmp / "walk.csv", rows)
         finish(tmp, summary, "cytogen statcell walk", [
             Section("Latent walks", [f"Top {n_dims} reference dimensions by mean absolute deviation over "
@@ -332,15 +332,15 @@ def features(reference: str | Path, data: str | Path, out: str | Path, *, split:
     gen_imgs = sc.sample_reference(ref, n_gen, seed=seed)
     gen = measure(gen_imgs, names, cs.pixel_size_um, "generated")
     table = compare_features(names, real, gen, units)
-    zr = sc.embed_cells(ref, None, cs, idx)["zr"]
+    zr = sc.embed_cells(ref, None, cs, idx, progress=say)["zr"]
     reg = latent_regression(ref, zr, real, names, kl_threshold, seed)
     rows = [{"source": "real", "cell_id": cs.rows[int(i)].get("cell_id", str(i)),
              "structure": cs.rows[int(i)].get("structure", ""), **{n: fmt(v) for n, v in zip(names, real[k])}}
             for k, i in enumerate(idx)]
     rows += [{"source": "generated", "cell_id": f"sample_{k}", "structure": "",
               **{n: fmt(v) for n, v in zip(names, gen[k])}} for k in range(n_gen)]
-    violins = figs.violin_figure({n: real[:, j] for j, n in enumerate(names)},
-                                 {n: gen[:, j] for j, n in enumerate(names)}, units)
+    violins = figure_png_bytes(figs.violin_figure({n: real[:, j] for j, n in enumerate(names)},
+                                                  {n: gen[:, j] for j, n in enumerate(names)}, units))
     summary = {"out": str(out), "split": split, "n_real": int(len(idx)), "n_generated": n_gen, "seed": seed,
                "units": units, "features": {r["feature"]: {k: r[k] for k in ("real_mean", "generated_mean", "ks")}
                                             for r in table},
@@ -374,7 +374,7 @@ def features(reference: str | Path, data: str | Path, out: str | Path, *, split:
         write_csv(tmp / "features.csv", rows)
         write_csv(tmp / "comparison.csv", table)
         write_csv(tmp / "regression.csv", reg["rows"] or [{"note": "; ".join(reg["notes"])}])
-        save_figure(violins, tmp / "violins.png")
+        write_bytes(tmp / "violins.png", violins)
         finish(tmp, summary, "cytogen statcell features", sections, f"reference: {reference}; data: {data}")
     say(f"wrote {out} in {summary['seconds']} s")
     return summary

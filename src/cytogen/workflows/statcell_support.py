@@ -44,27 +44,44 @@ def crop_size_of(model) -> tuple[int, ...]:
     return tuple(int(s) for s in size)
 
 
+def _same_pixel_size(a, b) -> bool:
+    """Pixel sizes agree to 1 % (or one of them is unknown)."""
+    if a is None or b is None:
+        return True
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return a.shape == b.shape and bool(np.allclose(a, b, rtol=0.01))
+
+
 def check_pair(ref, tgt) -> None:
-    """Reference and target models must come from the same kind of cell set."""
+    """Reference and target models must come from the same kind of cell set (crop size, channels,
+    pixel size); a CytogenError names both folders otherwise."""
     if tgt is None:
         return
-    if crop_size_of(ref) != crop_size_of(tgt) or list(ref.meta.get("channels") or []) != list(tgt.meta.get("channels") or []):
-        raise CytogenError(f"{ref.folder} (crop {crop_size_of(ref)}, channels {ref.meta.get('channels')}) and "
-                           f"{tgt.folder} (crop {crop_size_of(tgt)}, channels {tgt.meta.get('channels')}) were "
-                           "trained on different cell sets; give a reference and a target model of one set")
+    same = (crop_size_of(ref) == crop_size_of(tgt)
+            and list(ref.meta.get("channels") or []) == list(tgt.meta.get("channels") or [])
+            and _same_pixel_size(ref.meta.get("pixel_size_um"), tgt.meta.get("pixel_size_um")))
+    if not same:
+        raise CytogenError(
+            f"{ref.folder} (crop {crop_size_of(ref)}, channels {ref.meta.get('channels')}, pixel size "
+            f"{ref.meta.get('pixel_size_um')} um) and {tgt.folder} (crop {crop_size_of(tgt)}, channels "
+            f"{tgt.meta.get('channels')}, pixel size {tgt.meta.get('pixel_size_um')} um) were trained on "
+            "different cell sets; give a reference and a target model of one set")
 
 
 def check_cells(cs, *models) -> None:
-    """Each model must fit the cell set: crop size and channel names."""
+    """Each model must fit the cell set: crop size, channel names and pixel size of the crops."""
     names_ref = [cs.channels[i] for i in cs.reference_channels]
     for m in models:
         if m is None:
             continue
         chans = list(m.meta.get("channels") or [])
-        if crop_size_of(m) != cs.size or (chans and chans not in (cs.channels, names_ref)):
-            raise CytogenError(f"{m.folder}: trained on crops {crop_size_of(m)} with channels {chans}, but "
-                               f"{cs.root} has crops {cs.size} with channels {cs.channels}; use a model "
-                               "trained on this cell set (or cells extracted the same way)")
+        if (crop_size_of(m) != cs.size or (chans and chans not in (cs.channels, names_ref))
+                or not _same_pixel_size(m.meta.get("pixel_size_um"), cs.pixel_size_um)):
+            raise CytogenError(
+                f"{m.folder}: trained on crops {crop_size_of(m)} with channels {chans} at "
+                f"{m.meta.get('pixel_size_um')} um, but {cs.root} has crops {cs.size} with channels "
+                f"{cs.channels} at {cs.pixel_size_um} um; use a model trained on this cell set (or cells "
+                "extracted the same way)")
 
 
 def cell_indices(cs, split: str | None) -> np.ndarray:
