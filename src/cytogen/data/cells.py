@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from cytogen.evaluate.features import cell_features
+from cytogen.evaluate.features import cell_features, largest_component
 
 __all__ = ["CellCrop", "crop_cell", "field_background", "major_axis_angle", "measure_cell",
            "preprocess_field", "touches_border"]
@@ -268,7 +268,7 @@ def field_cells(channels: Sequence[np.ndarray], is_mask: Sequence[bool], cells: 
             counts["n_border_dropped"] += 1
             continue
         box = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(sl, cells.shape))
-        cell = cells[box] == lab
+        cell = largest_component(cells[box] == lab)  # stray fragments of a label are not the cell
         if int(cell.sum()) < min_cell_area_px:
             counts["n_small"] += 1
             continue
