@@ -5,8 +5,9 @@ Used by ``cytogen cells extract`` when a field comes without instance masks:
 - :func:`segment_nuclei`: Gaussian smoothing, Otsu threshold, holes filled, touching nuclei split
   by a watershed of the distance transform (one seed per distance maximum at least
   ``min_distance`` apart), small objects dropped;
-- :func:`segment_cells`: the foreground of a membrane or cytoplasm image (Otsu of the smoothed
-  image, united with the nuclei) split by a watershed seeded by the nuclei, so cell ``i``
+- :func:`segment_cells`: the foreground of a membrane image (Otsu of the smoothed image) or of a
+  cytoplasm image (Otsu of its log intensity), united with the nuclei,
+  split by a watershed seeded by the nuclei, so cell ``i``
   contains nucleus ``i``;
 - :func:`match_nuclei`: relabel a nucleus mask so that each cell's nucleus carries the cell's label
   (the nucleus overlapping the cell most, clipped to the cell).
@@ -29,8 +30,8 @@ __all__ = ["NUCLEI_METHOD", "CELLS_METHOD", "match_nuclei", "segment_cells", "se
 NUCLEI_METHOD = ("derived from the DNA image: Gaussian smoothing (sigma {sigma}), Otsu threshold, holes "
                  "filled, touching nuclei split by a distance-transform watershed (seeds >= {dist} apart), "
                  "objects under {min_size} dropped")
-CELLS_METHOD = ("derived: watershed of the {source} image (smoothed, sigma {sigma}) over its Otsu foreground "
-                "united with the nuclei, seeded by the nuclei (cell i contains nucleus i)")
+CELLS_METHOD = ("derived: watershed of the {source} image (smoothed, sigma {sigma}) over its Otsu foreground (Otsu of the log "
+                "intensity for a cytoplasm image) united with the nuclei, seeded by the nuclei (cell i contains nucleus i)")
 
 
 def _spacing(pixel_size_um, ndim: int) -> tuple[float, ...] | None:
@@ -55,6 +56,18 @@ def _otsu(img: np.ndarray) -> np.ndarray:
     if float(img.max()) <= float(img.min()):
         return np.zeros(img.shape, dtype=bool)
     return img > threshold_otsu(img)
+
+
+def _otsu_log(img: np.ndarray) -> np.ndarray:
+    """Otsu threshold of the log intensity: a cytoplasmic stain spans orders of magnitude (dim
+    cytoplasm beside a bright nucleus when a reporter translocates), and Otsu on the linear scale
+    then keeps little more than the bright part. The offset (0.5 % of the 99.5th percentile above
+    the minimum) makes it independent of the image's units."""
+    s = img - float(img.min())
+    top = float(np.percentile(s, 99.5))
+    if top <= 0:
+        return np.zeros(img.shape, dtype=bool)
+    return _otsu(np.log(s + 0.005 * top))
 
 
 def segment_nuclei(dna: np.ndarray, pixel_size_um: Sequence[float] | float | None = None, *,
@@ -145,7 +158,7 @@ def segment_cells(image: np.ndarray, nuclei: np.ndarray, pixel_size_um=None, *, 
         raise ValueError(f"image {img.shape} and nuclei {nuclei.shape} must have the same shape")
     spacing = _spacing(pixel_size_um, img.ndim)
     smooth = ndi.gaussian_filter(img, _sigma_px(sigma_um, sigma_px, spacing))
-    fg = _otsu(smooth) if not membrane else _fill_holes(_otsu(smooth))
+    fg = _otsu_log(smooth) if not membrane else _fill_holes(_otsu(smooth))
     fg = _fill_holes(fg | (nuclei > 0))
     elevation = smooth if membrane else -smooth
     cells = watershed(elevation, markers=nuclei.astype(np.int32), mask=fg)
