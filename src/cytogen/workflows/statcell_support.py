@@ -183,7 +183,9 @@ def latent_regression(ref, zr: np.ndarray, real: np.ndarray, names, kl_threshold
              **{f"loading_{n}": float(comps[i, j]) for j, n in enumerate(kept)}} for i in range(n_pc)]
     return {"dims": [int(d) for d in dims], "notes": notes, "rows": rows,
             "explained_total": float(ratio.sum()),
-            "explained_by_latent": float(np.nansum(ratio * np.asarray(r2)))}
+            # the paper's S8D total: sum over PCs of variance ratio x R^2 (a PC predicted worse than
+            # its held-out mean, R^2 < 0, counts as explaining nothing)
+            "explained_by_latent": float(np.nansum(ratio * np.clip(np.asarray(r2), 0.0, None)))}
 
 
 class CropRows:
