@@ -157,6 +157,17 @@ CASES = {
     "synthesize into non-empty folder": (lambda r: ["synthesize", "cells", "--out", f"{r}/img"], "not empty"),
     "synthesize zero fields": (lambda r: ["synthesize", "cells", "--out", f"{r}/s1", "--n-fields", "0"], "n_fields"),
     "manifest builder no match": (lambda r: ["manifest", f"{r}/img", "--source", "zz*.tif", "--target", "t*.tif", "--out", f"{r}/mm.csv"], "no file matches"),
+    # the Statistical Cell
+    "cells extract no fields csv": (lambda r: ["cells", "extract", "--data", f"{r}/nofields.csv", "--out", f"{r}/c"], "FIELDS.csv"),
+    "cells extract a manifest, not FIELDS.csv": (lambda r: ["cells", "extract", "--data", f"{r}/good.csv", "--out", f"{r}/c"], "dna"),
+    "synthesize statcell into non-empty folder": (lambda r: ["synthesize", "statcell", "--out", f"{r}/img"], "not empty"),
+    "statcell embed no cells csv": (lambda r: ["statcell", "embed", "--reference", f"{r}/run/model", "--data", f"{r}/nocells.csv", "--out", f"{r}/e"], "cells extract"),
+    "statcell sample translator folder": (lambda r: ["statcell", "sample", "--reference", f"{r}/run/model", "--out", f"{r}/e"], "statcell"),
+    "statcell walk no cells csv": (lambda r: ["statcell", "walk", "--reference", f"{r}/run/model", "--data", f"{r}/nocells.csv", "--out", f"{r}/e"], "cells extract"),
+    "statcell features no cells csv": (lambda r: ["statcell", "features", "--reference", f"{r}/run/model", "--data", f"{r}/nocells.csv", "--out", f"{r}/e"], "cells extract"),
+    "statcell sweep translator recipe": (lambda r: ["statcell", "sweep", str(CONFIGS / "translate_unet2d.yaml"), "--data", f"{r}/nocells.csv", "--out", f"{r}/e"], "not a Statistical Cell"),
+    "statcell coupling model missing": (lambda r: ["statcell", "coupling", "--target", f"{r}/nomodel", "--data", f"{r}/nocells.csv", "--out", f"{r}/e"], "not a cytogen model folder"),
+    "statcell perturbation no embeddings": (lambda r: ["statcell", "perturbation", "--embeddings", f"{r}/noemb.csv", "--out", f"{r}/e", "--condition", "dose", "--control", "0"], "embeddings.csv"),
 }
 
 
