@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model from a recipe")
     t.add_argument("recipe", help="YAML recipe, e.g. configs/translate_unet2d.yaml")
-    t.add_argument("--data", required=True, help="manifest CSV")
+    t.add_argument("--data", required=True, help="manifest CSV (CELLS/cells.csv for statcell recipes)")
     t.add_argument("--out", required=True, help="run folder")
     t.add_argument("--max-steps", type=int, default=None)
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe key")

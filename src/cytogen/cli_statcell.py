@@ -32,7 +32,8 @@ def _print(summary: dict, keys: tuple[str, ...] | None = None) -> None:
 def _cmd_cells_extract(a: argparse.Namespace) -> None:
     from cytogen.workflows.cells_extract import extract_cells
 
-    s = extract_cells(a.data, a.out, size=a.size, projection=a.projection, rescale=a.rescale,
+    size = a.size * 2 if len(a.size) == 1 else a.size  # one number: a square 2D crop
+    s = extract_cells(a.data, a.out, size=size, projection=a.projection, rescale=a.rescale,
                       crop_pixel_size_um=a.crop_pixel_size_um, pixel_size_um=a.pixel_size_um,
                       min_cell_area_px=a.min_cell_area_px, progress=True)
     _print(s, ("out", "n_cells", "n_border_dropped", "n_fields", "dims", "size", "seconds"))
@@ -63,7 +64,8 @@ def _cmd_features(a: argparse.Namespace) -> None:
     from cytogen.workflows.statcell import features
 
     _print(features(a.reference, a.data, a.out, split=a.split, n_generated=a.n_generated,
-                    kl_threshold=a.kl_threshold, seed=a.seed))
+                    kl_threshold=a.kl_threshold, seed=a.seed),
+           ("out", "split", "n_real", "n_generated", "regression", "seconds"))
 
 
 def _cmd_sweep(a: argparse.Namespace) -> None:
@@ -99,7 +101,8 @@ def add_cells_parser(sub: argparse._SubParsersAction) -> None:
                         "pixel_size_um]; other columns are metadata passed to every cell")
     e.add_argument("--out", required=True, help="new CELLS folder (cells.csv, crops.npy, cells.json)")
     e.add_argument("--size", type=_ints, default=(64, 64),
-                   help="crop size in pixels, e.g. 64,64 (2D) or 32,64,64 (3D) (default 64,64)")
+                   help="crop size in pixels: 64 (= 64,64), 64,96 (Y,X; aligned cells lie along X) or "
+                        "32,64,64 (3D) (default 64,64)")
     e.add_argument("--projection", action="store_true", help="3D fields -> 2D maximum projections")
     e.add_argument("--rescale", action="store_true",
                    help="shrink cells that do not fit the crop instead of dropping them")
