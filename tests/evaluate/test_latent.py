@@ -109,6 +109,12 @@ def test_dose_response_monotone_and_violations():
     means = np.array([0, 1, 2, 1, 4, 5.0])
     bumpy = L.dose_response(means[doses.astype(int)] + rng.normal(size=doses.size) * 0.01, doses)
     assert bumpy["n_violations"] == 1 and not bumpy["monotone"]
+    assert bumpy["n_significant_violations"] == 1 and not bumpy["monotone_within_noise"]
+    # a saturating response whose plateau wobbles by noise: strictly not monotone, within noise it is
+    sat = np.minimum(doses, 3.0)
+    plateau = L.dose_response(sat + rng.normal(size=doses.size), doses)
+    assert plateau["n_significant_violations"] == 0 and plateau["monotone_within_noise"]
+    assert plateau["spearman_rho"] > 0.5
     flat = L.dose_response(rng.normal(size=doses.size), doses)
     assert abs(flat["spearman_rho"]) < 0.3
 

@@ -304,7 +304,10 @@ def dose_response(values: np.ndarray, doses: np.ndarray) -> dict:
         ``doses`` (sorted unique), ``n``, ``mean``, ``median``, ``sd`` (per dose, lists),
         ``spearman_rho`` and ``spearman_p`` (cell-level Spearman correlation of value and dose),
         ``n_violations`` (steps between consecutive doses where the mean goes against the overall
-        trend, the sign of rho), ``monotone`` (at least 2 doses and no violation).
+        trend, the sign of rho), ``monotone`` (at least 2 doses and no violation),
+        ``n_significant_violations`` (violations larger than twice the standard error of the
+        difference of the two means: a saturating response whose plateau wobbles by noise has
+        none) and ``monotone_within_noise`` (at least 2 doses and no significant violation).
     """
     v = np.asarray(values, dtype=np.float64).ravel()
     d = np.asarray(doses, dtype=np.float64).ravel()
@@ -328,8 +331,14 @@ def dose_response(values: np.ndarray, doses: np.ndarray) -> dict:
     else:
         sign = np.sign(means[-1] - means[0]) if len(means) > 1 else 0.0
     violations = int(np.sum(steps * sign < 0)) if sign != 0 else len(steps)
+    n = np.array(out["n"], dtype=np.float64)
+    var = np.array([v[d == x].var(ddof=1) if np.sum(d == x) > 1 else np.inf for x in levels])
+    se_step = np.sqrt(var[1:] / n[1:] + var[:-1] / n[:-1])
+    significant = int(np.sum((steps * sign < 0) & (np.abs(steps) > 2 * se_step))) if sign != 0 else len(steps)
     out.update(spearman_rho=rho, spearman_p=p, n_violations=violations,
-               monotone=bool(len(levels) >= 2 and violations == 0))
+               monotone=bool(len(levels) >= 2 and violations == 0),
+               n_significant_violations=significant,
+               monotone_within_noise=bool(len(levels) >= 2 and significant == 0))
     return out
 
 

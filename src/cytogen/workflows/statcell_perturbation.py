@@ -296,7 +296,9 @@ def perturbation(embeddings: str | Path, out: str | Path, *, condition: str, con
                                   "median": dr["median"][i], "sd": dr["sd"][i]})
                 dsum.append({"group": g, "readout": name, "spearman_rho": dr["spearman_rho"],
                              "spearman_p": dr["spearman_p"], "n_violations": dr["n_violations"],
-                             "monotone": dr["monotone"]})
+                             "monotone": dr["monotone"],
+                             "n_significant_violations": dr["n_significant_violations"],
+                             "monotone_within_noise": dr["monotone_within_noise"]})
     ratios = _shift_ratios(shifts, spaces)
     summary = {"embeddings": str(path), "out": str(out), "n_cells": len(rows), "condition": condition,
                "control": ctrl, "treated": treat, "numeric_condition": numeric, "group_by": group_by or None,
@@ -306,7 +308,8 @@ def perturbation(embeddings: str | Path, out: str | Path, *, condition: str, con
                "n_permutations": int(n_permutations), "seed": int(seed),
                "zprime": {f"{r['group']}/{r['readout']}": r["z_prime"] for r in zrows},
                "dose_response": {f"{r['group']}/{r['readout']}": {k: r[k] for k in
-                                 ("spearman_rho", "spearman_p", "monotone", "n_violations")} for r in dsum},
+                                 ("spearman_rho", "spearman_p", "monotone", "n_violations",
+                                  "monotone_within_noise", "n_significant_violations")} for r in dsum},
                "shifts": [{k: r[k] for k in ("group", "condition", "space", "shift", "shift_sd", "p",
                                              "p_bonferroni")} for r in shifts],
                "zprime_wells": ({f"{r['group']}/{r['readout']}": r["z_prime_wells"] for r in zrows}
@@ -323,7 +326,8 @@ def perturbation(embeddings: str | Path, out: str | Path, *, condition: str, con
         write_table(tmp / "zprime.csv", zrows)
         write_table(tmp / "dose_response.csv", drows, ["group", "readout", "dose", "n", "mean", "median", "sd"])
         write_table(tmp / "dose_response_summary.csv", dsum,
-                    ["group", "readout", "spearman_rho", "spearman_p", "n_violations", "monotone"])
+                    ["group", "readout", "spearman_rho", "spearman_p", "n_violations", "monotone",
+                     "n_significant_violations", "monotone_within_noise"])
         write_json(tmp / "summary.json", _clean(summary))
         _report(tmp / "report.html", summary, shifts, zrows, drows, dsum, proj, groups, cond, held, dose,
                 spaces, readouts)
