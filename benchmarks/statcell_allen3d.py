@@ -11,7 +11,7 @@ Steps: FIELDS.csv -> ``cells extract`` (3D crops) -> ``train`` statcell_referenc
 budget -> ``statcell features`` (the 3D shape features of real cells vs cells sampled from the
 prior, with KS distances) and ``statcell sample``. Prints one JSON line per step.
 
-    python benchmarks/statcell_allen3d.py [--minutes 4] [--out DIR] [--size 32,64,64] [--crop-um 0.5]
+    python benchmarks/statcell_allen3d.py [--minutes 4] [--out DIR] [--size 32,64,64] [--crop-um 1.0] [--rescale]
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ def main() -> int:
     ap.add_argument("--minutes", type=float, default=4.0)
     ap.add_argument("--out", default=None)
     ap.add_argument("--size", default="32,64,64")
-    ap.add_argument("--crop-um", type=float, default=0.5)
+    ap.add_argument("--crop-um", type=float, default=1.0)
+    ap.add_argument("--rescale", action="store_true", help="shrink cells that do not fit (scale recorded)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     a = ap.parse_args()
     if not DATA.is_dir():
@@ -69,7 +70,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     fields = write_fields(work)
     t0 = time.perf_counter()
-    cells = extract_cells(fields, work / "cells", size=size, crop_pixel_size_um=a.crop_um, rescale=True,
+    cells = extract_cells(fields, work / "cells", size=size, crop_pixel_size_um=a.crop_um, rescale=a.rescale,
                           progress=True)
     emit({"step": "extract", "n_cells": cells["n_cells"], "n_border_dropped": cells["n_border_dropped"],
           "n_too_big": cells.get("n_too_big"), "seconds": round(time.perf_counter() - t0, 1),
