@@ -30,6 +30,8 @@ VOXEL_UM = "0.29,0.108,0.108"  # assumed (Allen 100x pipeline), not stored in th
 
 
 def write_fields(out: Path) -> Path:
+    """FIELDS.csv of the two segmentations: the large field trains (10 whole cells), the small crop
+    validates (2 whole cells); an automatic hold-out by field would take the large one."""
     a = DATA / "aicsimage_test_segmentation"
     b = DATA / "fov_processing_pipeline_test_resources"
     rows = [
@@ -37,7 +39,7 @@ def write_fields(out: Path) -> Path:
          "nuclei": str(a / "input_2_nucWholeIndex.tiff"), "structure": "", "split": "train",
          "pixel_size_um": VOXEL_UM, "source": "aicsimage"},
         {"name": "fov_pipeline_crop", "cells": str(b / "MembraneSegmentationReadPath.tiff"),
-         "nuclei": str(b / "NucleusSegmentationReadPath.tiff"), "structure": "", "split": "train",
+         "nuclei": str(b / "NucleusSegmentationReadPath.tiff"), "structure": "", "split": "val",
          "pixel_size_um": VOXEL_UM, "source": "fov_processing_pipeline"},
     ]
     path = out / "FIELDS.csv"
