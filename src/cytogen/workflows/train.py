@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import time
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from cytogen.config import Recipe, apply_overrides, load_recipe
@@ -24,20 +21,15 @@ from cytogen.io.atomic import write_json
 from cytogen.losses.adversarial import check_soft_labels
 from cytogen.predict.model_folder import save_model_folder
 from cytogen.tasks import TASKS, build_task
-from cytogen.workflows.train_support import (  # noqa: F401  (runtime_for, ... re-exported: public API)
-    CleanProgressBar,
-    ExactResume,
-    RankAgreement,
-    build_trainer,
+from cytogen.workflows.train_support import (  # noqa: F401  (read_loss_log, ... re-exported: public API)
     check_run_folder,
     check_task_uses,
-    fit,
     fused_optimizer,
     hold_out_fields,
     read_loss_log,
+    run_fit,
     runtime_for,
     speed_up_task,
-    start_run_folder,
 )
 
 
@@ -120,7 +112,6 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
         from cytogen.workflows.train_cells import train_cells
 
         return train_cells(rec, data, out, resume=resume, progress=progress, source=source)
-    ckpt_dir = out / "checkpoints"
     last = check_run_folder(out, data, resume)
 
     entries = read_manifest(data)
@@ -169,28 +160,12 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
     check_spatial_size(task.generator(), patch, "data.patch_size")
     speed_up_task(task, settings, dims)
 
-    ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_loss", mode="min",
-                           save_top_k=1, save_last=False)
-    periodic = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=0, save_last=True,
-                               every_n_train_steps=max(1, rec.train.checkpoint_every))
-    agreement = RankAgreement()
-    callbacks: list[Callback] = [ckpt, periodic, ExactResume(sampler, rec.data.batch_size, rec.train.seed), agreement]
-    if progress:
-        callbacks.append(CleanProgressBar(refresh_rate=5))
-    trainer = build_trainer(rec, settings, out, callbacks, progress, source)
-    start_run_folder(out, rec, settings, progress, val_source)
-    t0 = time.perf_counter()
-    fit(trainer, task, train_dl, val_dl, out, last, resume)
-    train_s = time.perf_counter() - t0
-    in_sync = len(set(agreement.digests)) == 1
+    run = run_fit(rec, settings, task, train_dl, val_dl, sampler, out, last, resume=resume,
+                  progress=progress, source=source, val_source=val_source, monitor="val_loss", mode="min")
+    trainer, train_s, best_path = run.trainer, run.seconds, run.best_path
     if not trainer.is_global_zero:
-        return {"run": str(out), "rank": trainer.global_rank, "weights_sha256": agreement.digests}
-    if not in_sync:
-        warnings.warn(f"{out}: DDP ranks ended with different weights ({agreement.digests}); "
-                      "the exported model is rank 0's", stacklevel=2)
-    best_path = (ckpt.best_model_path if rec.train.export == "best" else "") or str(last)
-    state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
-    task.load_state_dict(state)
+        return {"run": str(out), "rank": trainer.global_rank, "weights_sha256": run.digests}
+    task.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"])
     net = task.generator().float().eval().to(memory_format=torch.contiguous_format)
 
     px = next((list(rf.source.pixel_size_um) for rf in train_raw if rf.source.pixel_size_um), None)
@@ -200,15 +175,15 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
         source_channels=channel_names(rf0.source.channel_names, entries[0].source, c_in),
         target_channels=channel_names(rf0.target.channel_names, entries[0].target, c_out),
         pixel_size_um=px, patch_size=list(patch), recipe=rec.to_dict(),
-        extra={"best_val_loss": float(ckpt.best_model_score) if ckpt.best_model_score is not None else None},
+        extra={"best_val_loss": run.best_score},
     )
     summary = {
         "run": str(out), "steps": int(trainer.global_step), "train_seconds": round(train_s, 1),
-        "best_val_loss": float(ckpt.best_model_score) if ckpt.best_model_score is not None else None,
+        "best_val_loss": run.best_score,
         "best_checkpoint": best_path, "n_train_fields": len(train_raw), "n_val_fields": len(val_raw),
         "val_source": val_source, "val_fields": [e.name for e in val_entries],
         "model": str(out / "model"), "world_size": int(trainer.world_size),
-        "ranks_weights_sha256": agreement.digests, "ranks_in_sync": in_sync,
+        "ranks_weights_sha256": run.digests, "ranks_in_sync": len(set(run.digests)) == 1,
         "precision": settings.precision, "channels_last": settings.channels_last,
         "compile": settings.compile, "images_per_second": round(
             int(trainer.global_step) * rec.data.batch_size * int(trainer.world_size) / max(train_s, 1e-9), 2),

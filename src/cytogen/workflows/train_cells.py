@@ -11,8 +11,6 @@ exported to ``OUT/model`` with :func:`~cytogen.predict.model_folder.save_statcel
 
 from __future__ import annotations
 
-import time
-import warnings
 from collections import namedtuple
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -21,7 +19,6 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from cytogen.config import Recipe
@@ -33,18 +30,13 @@ from cytogen.io.atomic import write_json
 from cytogen.predict.model_folder import save_statcell_folder
 from cytogen.tasks import TASKS
 from cytogen.workflows.train_support import (
-    CleanProgressBar,
-    ExactResume,
-    RankAgreement,
-    build_trainer,
     check_run_folder,
-    fit,
     fused_optimizer,
     hold_out_fields,
     read_loss_log,
+    run_fit,
     runtime_for,
     speed_up_task,
-    start_run_folder,
 )
 
 __all__ = ["CELL_HOLD_OUT_FRACTION", "split_cells", "train_cells"]
@@ -215,34 +207,18 @@ def train_cells(rec: Recipe, data: Path, out: Path, *, resume: bool = False, pro
     arch = getattr(task.net, "architecture", arch)  # complete kwargs (the model's defaults filled in)
     speed_up_task(task, settings, dims)
 
-    ckpt_dir = last.parent
-    ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_elbo", mode="max",
-                           save_top_k=1, save_last=False)
-    periodic = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=0, save_last=True,
-                               every_n_train_steps=max(1, rec.train.checkpoint_every))
-    agreement = RankAgreement()
-    callbacks: list[Callback] = [ckpt, periodic, ExactResume(sampler, batch, rec.train.seed), agreement]
-    if progress:
-        callbacks.append(CleanProgressBar(refresh_rate=5))
-    trainer = build_trainer(rec, settings, out, callbacks, progress, source)
-    start_run_folder(out, rec, settings, progress, val_source)
-    t0 = time.perf_counter()
-    fit(trainer, task, train_dl, val_dl, out, last, resume)
-    train_s = time.perf_counter() - t0
-    in_sync = len(set(agreement.digests)) == 1
+    run = run_fit(rec, settings, task, train_dl, val_dl, sampler, out, last, resume=resume,
+                  progress=progress, source=source, val_source=val_source, monitor="val_elbo", mode="max")
+    trainer, train_s, best_path = run.trainer, run.seconds, run.best_path
     if not trainer.is_global_zero:
-        return {"run": str(out), "rank": trainer.global_rank, "weights_sha256": agreement.digests}
-    if not in_sync:
-        warnings.warn(f"{out}: DDP ranks ended with different weights ({agreement.digests}); "
-                      "the exported model is rank 0's", stacklevel=2)
+        return {"run": str(out), "rank": trainer.global_rank, "weights_sha256": run.digests}
 
-    best_path = (ckpt.best_model_path if rec.train.export == "best" else "") or str(last)
     task.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"])
     device = torch.device("cuda" if settings.device == "cuda" and torch.cuda.is_available() else "cpu")
     task.to(device).float().eval().to(memory_format=torch.contiguous_format)
     final = _evaluate(task, DataLoader(val_ds, batch_size=batch, shuffle=False), device)
     net = task.net.cpu()
-    best = float(ckpt.best_model_score) if ckpt.best_model_score is not None else None
+    best = run.best_score
     save_statcell_folder(
         out / "model", net, kind=rec.task, architecture=arch, structures=cells.structures,
         channels=cells.channels, crop_size=list(cells.size),
@@ -261,7 +237,8 @@ def train_cells(rec: Recipe, data: Path, out: Path, *, resume: bool = False, pro
         "best_checkpoint": best_path, "n_train_cells": int(train_idx.size), "n_val_cells": int(val_idx.size),
         "val_source": val_source, "val_fields": val_fields, "model": str(out / "model"),
         "latent_dim": int(arch["kwargs"].get("latent_dim", 0)), "beta": rec.vae.beta,
-        "world_size": int(trainer.world_size), "ranks_weights_sha256": agreement.digests, "ranks_in_sync": in_sync,
+        "world_size": int(trainer.world_size), "ranks_weights_sha256": run.digests,
+        "ranks_in_sync": len(set(run.digests)) == 1,
         "precision": settings.precision, "channels_last": settings.channels_last, "compile": settings.compile,
         "images_per_second": round(steps * batch * int(trainer.world_size) / max(train_s, 1e-9), 2),
     }

@@ -10,7 +10,9 @@ import math
 import os
 import random
 import sys
+import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ import torch
 import yaml
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from cytogen.data.manifest import FieldEntry
@@ -337,6 +339,47 @@ def fit(trainer: L.Trainer, task: L.LightningModule, train_dl: Any, val_dl: Any,
             f"{out}: training stopped: {exc}. {good}lower optim.lr, set train.grad_clip (e.g. 1.0) "
             "or check the data for extreme values, then run again (with --resume to continue)"
         ) from None
+
+
+@dataclass
+class FitResult:
+    """What a finished run hands to its export: the trainer, the best checkpoint's path and
+    score, the wall time and the ranks' weight digests."""
+
+    trainer: L.Trainer
+    best_path: str
+    best_score: float | None
+    seconds: float
+    digests: list[str]
+
+
+def run_fit(rec: Any, settings: RuntimeSettings, task: L.LightningModule, train_dl: Any, val_dl: Any,
+            sampler: EpochSampler, out: Path, last: Path, *, resume: bool, progress: bool, source: str,
+            val_source: str, monitor: str, mode: str) -> FitResult:
+    """Checkpoints (best by ``monitor``/``mode``, periodic ``last``), exact resume, rank
+    agreement and the progress bar; the Trainer; the run folder; ``fit``. Shared by every task
+    kind, so that translators and cell models train through one loop. Warns when DDP ranks end
+    with different weights."""
+    ckpt = ModelCheckpoint(dirpath=last.parent, filename="best", monitor=monitor, mode=mode,
+                           save_top_k=1, save_last=False)
+    periodic = ModelCheckpoint(dirpath=last.parent, filename="last", save_top_k=0, save_last=True,
+                               every_n_train_steps=max(1, rec.train.checkpoint_every))
+    agreement = RankAgreement()
+    callbacks: list[Callback] = [ckpt, periodic, ExactResume(sampler, rec.data.batch_size, rec.train.seed),
+                                 agreement]
+    if progress:
+        callbacks.append(CleanProgressBar(refresh_rate=5))
+    trainer = build_trainer(rec, settings, out, callbacks, progress, source)
+    start_run_folder(out, rec, settings, progress, val_source)
+    t0 = time.perf_counter()
+    fit(trainer, task, train_dl, val_dl, out, last, resume)
+    seconds = time.perf_counter() - t0
+    if trainer.is_global_zero and len(set(agreement.digests)) != 1:
+        warnings.warn(f"{out}: DDP ranks ended with different weights ({agreement.digests}); "
+                      "the exported model is rank 0's", stacklevel=3)
+    best_path = (ckpt.best_model_path if rec.train.export == "best" else "") or str(last)
+    score = float(ckpt.best_model_score) if ckpt.best_model_score is not None else None
+    return FitResult(trainer, best_path, score, seconds, list(agreement.digests))
 
 
 def read_loss_log(run: str | Path) -> dict[str, np.ndarray]:
