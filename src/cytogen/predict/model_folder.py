@@ -53,6 +53,19 @@ class LoadedModel:
         return int(self.meta["architecture"]["out_channels"])
 
 
+def _write_folder(folder: str | Path, net: torch.nn.Module, meta: dict[str, Any]) -> Path:
+    """``weights.safetensors`` + ``model.json``, written whole into a temporary folder and swapped
+    in (:func:`cytogen.io.atomic.atomic_dir`): a crash leaves the previous folder or none."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    with atomic_dir(folder) as tmp:
+        tmp.mkdir()
+        save_file(state, str(tmp / "weights.safetensors"))
+        (tmp / "model.json").write_text(json.dumps(meta, indent=2))
+    return folder
+
+
 def save_model_folder(folder: str | Path, net: torch.nn.Module, *, architecture: dict[str, Any],
                       source_norm: Normalizer, target_norm: Normalizer,
                       source_channels: list[str], target_channels: list[str],
@@ -60,8 +73,6 @@ def save_model_folder(folder: str | Path, net: torch.nn.Module, *, architecture:
                       recipe: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Path:
     """Write the model folder atomically (built in a temporary folder, then swapped in by
     :func:`cytogen.io.atomic.atomic_dir`, so a crash leaves the previous folder or none)."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "cytogen_version": __version__,
         "architecture": architecture,
@@ -70,12 +81,7 @@ def save_model_folder(folder: str | Path, net: torch.nn.Module, *, architecture:
         "pixel_size_um": pixel_size_um, "patch_size": patch_size,
         "recipe": recipe or {}, **(extra or {}),
     }
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    with atomic_dir(folder) as tmp:
-        tmp.mkdir()
-        save_file(state, str(tmp / "weights.safetensors"))
-        (tmp / "model.json").write_text(json.dumps(meta, indent=2))
-    return folder
+    return _write_folder(folder, net, meta)
 
 
 def load_model_folder(folder: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
@@ -187,8 +193,6 @@ def save_statcell_folder(folder: str | Path, net: torch.nn.Module, *, kind: str,
     """
     if kind not in STATCELL_KINDS:
         raise CytogenError(f"kind {kind!r} is not one of {list(STATCELL_KINDS)}")
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "cytogen_version": __version__,
         "kind": kind, "architecture": {"name": architecture["name"], "kwargs": dict(architecture["kwargs"])},
@@ -196,12 +200,7 @@ def save_statcell_folder(folder: str | Path, net: torch.nn.Module, *, kind: str,
         "pixel_size_um": None if pixel_size_um is None else [float(p) for p in pixel_size_um],
         "beta": float(beta), "recipe": recipe or {}, **(extra or {}),
     }
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    with atomic_dir(folder) as tmp:
-        tmp.mkdir()
-        save_file(state, str(tmp / "weights.safetensors"))
-        (tmp / "model.json").write_text(json.dumps(meta, indent=2))
-    return folder
+    return _write_folder(folder, net, meta)
 
 
 def load_statcell_folder(folder: str | Path, device: str | torch.device = "cpu",
