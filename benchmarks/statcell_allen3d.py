@@ -17,7 +17,6 @@ prior, with KS distances) and ``statcell sample``. Prints one JSON line per step
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import tempfile
 import time
@@ -42,12 +41,9 @@ def write_fields(out: Path) -> Path:
          "nuclei": str(b / "NucleusSegmentationReadPath.tiff"), "structure": "", "split": "val",
          "pixel_size_um": VOXEL_UM, "source": "fov_processing_pipeline"},
     ]
-    path = out / "FIELDS.csv"
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return path
+    from cytogen.workflows.evaluate import write_csv
+
+    return write_csv(out / "FIELDS.csv", rows)
 
 
 def main() -> int:

@@ -51,12 +51,9 @@ def write_fields(out: Path) -> Path:
                      "split": "train" if row in ("A", "C") else "test",
                      "dose": m["SBS_Doses"], "control": m["SBS_Controls"], "row": row,
                      "column": col, "well": f"{row}-{col}"})
-    path = out / "FIELDS.csv"
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return path
+    from cytogen.workflows.evaluate import write_csv
+
+    return write_csv(out / "FIELDS.csv", rows)
 
 
 def main() -> int:
