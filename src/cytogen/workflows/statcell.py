@@ -22,9 +22,24 @@ from cytogen.report import statcell_figures as figs
 from cytogen.report.figures import figure_png_bytes
 from cytogen.report.html import Section
 from cytogen.workflows.evaluate import write_csv
-from cytogen.workflows.statcell_support import (CropRows, cell_indices, check_cells, check_out, check_pair,
-                                                compare_features, finish, fmt, kl_mean, latent_regression,
-                                                load_model, measure, save_npy, say, structure_id)
+from cytogen.workflows.statcell_support import (
+    CropRows,
+    cell_indices,
+    check_cells,
+    check_out,
+    check_pair,
+    compare_features,
+    finish,
+    fmt,
+    kl_mean,
+    latent_regression,
+    load_model,
+    measure,
+    open_cells_and_models,
+    save_npy,
+    say,
+    structure_id,
+)
 
 __all__ = ["embed", "features", "sample", "walk"]
 
@@ -67,17 +82,12 @@ def embed(reference: str | Path, data: str | Path, out: str | Path, *, target: s
     ``pca > 0`` the columns ``pca_0..`` hold a linear baseline: PCA of the flattened target
     crops, fitted on the cells of split ``train`` (all cells if there are too few).
     """
-    from cytogen.data.cellset import read_cellset
 
     t0 = time.time()
     out = check_out(out)
     if pca < 0:
         raise CytogenError(f"--pca must be 0 (off) or a number of components, got {pca}")
-    cs = read_cellset(data)
-    ref = load_model(reference, "statcell_reference")
-    tgt = load_model(target, "statcell_target") if target is not None else None
-    check_pair(ref, tgt)
-    check_cells(cs, ref, tgt)
+    cs, ref, tgt = open_cells_and_models(data, reference, target)
     idx = cell_indices(cs, split)
     say(f"embedding {len(idx)} cells")
     z = sc.embed_cells(ref, tgt, cs, idx, batch_size=batch_size, progress=say)
@@ -236,18 +246,13 @@ def walk(reference: str | Path, data: str | Path, out: str | Path, *, target: st
     the steps). With ``target`` the first structure of the target model is decoded in every
     walked reference at z_t = 0 (the prior mean), so C = 3.
     """
-    from cytogen.data.cellset import read_cellset
     from cytogen.evaluate.features import crop_features, feature_names
 
     t0 = time.time()
     out = check_out(out)
     if steps < 2 or not span_sd > 0:
         raise CytogenError(f"--steps must be >= 2 and --span-sd > 0, got {steps} and {span_sd}")
-    cs = read_cellset(data)
-    ref = load_model(reference, "statcell_reference")
-    tgt = load_model(target, "statcell_target") if target is not None else None
-    check_pair(ref, tgt)
-    check_cells(cs, ref, tgt)
+    cs, ref, tgt = open_cells_and_models(data, reference, target)
     if not 1 <= n_dims <= ref.latent_dim:
         raise CytogenError(f"--n-dims must be between 1 and the latent size {ref.latent_dim}, got {n_dims}")
     idx = cell_indices(cs, split)
@@ -314,14 +319,11 @@ def features(reference: str | Path, data: str | Path, out: str | Path, *, split:
     features, with explained variance and loadings), ``violins.png``, ``summary.json`` and
     ``report.html``. 3D crops use the 3D feature names; figures show maximum projections.
     """
-    from cytogen.data.cellset import read_cellset
     from cytogen.evaluate.features import feature_names, feature_units
 
     t0 = time.time()
     out = check_out(out)
-    cs = read_cellset(data)
-    ref = load_model(reference, "statcell_reference")
-    check_cells(cs, ref)
+    cs, ref, _ = open_cells_and_models(data, reference)
     idx = cell_indices(cs, split)
     n_gen = len(idx) if n_generated is None else int(n_generated)
     if n_gen < 1:

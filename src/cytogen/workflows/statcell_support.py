@@ -84,6 +84,19 @@ def check_cells(cs, *models) -> None:
                 "extracted the same way)")
 
 
+def open_cells_and_models(data: str | Path, reference: str | Path, target: str | Path | None = None):
+    """``(cellset, reference model, target model or None)``, checked to belong together
+    (:func:`check_pair`, :func:`check_cells`)."""
+    from cytogen.data.cellset import read_cellset
+
+    cs = read_cellset(data)
+    ref = load_model(reference, "statcell_reference")
+    tgt = load_model(target, "statcell_target") if target is not None else None
+    check_pair(ref, tgt)
+    check_cells(cs, ref, tgt)
+    return cs, ref, tgt
+
+
 def cell_indices(cs, split: str | None) -> np.ndarray:
     idx = cs.indices(split)
     if len(idx) == 0:
