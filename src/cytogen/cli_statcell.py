@@ -9,12 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(t) for t in text.replace("x", ",").split(",") if t.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers like 64 or 64,64, got {text!r}") from None
+from cytogen.cli import _ints
 
 
 def _floats(text: str) -> tuple[float, ...]:
