@@ -1,7 +1,7 @@
 """Training recipes: shallow YAML files validated against typed dataclasses.
 
 A recipe has five sections (``model``, ``data``, ``loss``, ``optim``, ``train``) and the
-optional ``predict``, ``gan``, ``discriminator`` and ``vae`` sections. Every key is checked on load: an unknown key or a value of the
+optional ``predict``, ``gan``, ``discriminator``, ``vae`` and ``cellseg`` sections. Every key is checked on load: an unknown key or a value of the
 wrong type raises :class:`~cytogen.errors.CytogenError` naming the recipe, the key and the
 accepted keys. YAML is read with ``yaml.safe_load`` only.
 """
@@ -111,6 +111,42 @@ class VaeConfig:
 
 
 @dataclass
+class CellSegConfig:
+    """Unsupervised marker-controlled cell segmentation (task ``cellseg_consistency``).
+
+    Loss (the paper's Eq 1): ``lam`` weighs the overlap term ``-sum y_i log(1 - y_j)`` (logarithm
+    of base ``log_base``; 10 makes 3.32 the balanced weight of Eq 3), ``beta`` the penalty on
+    probability outside the foreground mask. Patches (``data.patch_size``) are centred on the
+    markers with a Gaussian disk channel of ``sigma_px`` pixels (``sigma_um`` wins when the pixel
+    size is known); one batch = the patches whose markers fall in a random ``area`` x ``area``
+    window. ``threshold``: integration background level. Markers: ``markers`` (dog, log: blob
+    detection; segment: nucleus segmentation centroids) with the nucleus diameter, minimum
+    distance and size (px, or um when the pixel size is known). Foreground: graph cut with the
+    cut penalty ``kappa`` and the prior ``alpha`` (None: estimated from the area covered).
+    ``areas_per_epoch``: training batches per epoch.
+    """
+
+    lam: float = 3.32
+    beta: float = 15.0
+    log_base: float = 10.0
+    sigma_px: float = 15.0
+    sigma_um: float | None = None
+    area: int = 640
+    threshold: float = 0.5
+    markers: str = "dog"
+    nucleus_diameter_px: float = 10.0
+    nucleus_diameter_um: float | None = None
+    threshold_rel: float = 0.1
+    min_distance_px: float | None = None
+    min_distance_um: float | None = None
+    min_size_px: float | None = None
+    min_size_um2: float | None = None
+    kappa: float | None = None
+    alpha: float | None = None
+    areas_per_epoch: int = 64
+
+
+@dataclass
 class TrainConfig:
     """Loop length, validation cadence, seed and hardware."""
 
@@ -154,6 +190,7 @@ class Recipe:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     vae: VaeConfig = field(default_factory=VaeConfig)
+    cellseg: CellSegConfig = field(default_factory=CellSegConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
 
@@ -172,6 +209,7 @@ _CHOICES = {
     ("optim", "name"): {"adam", "adamw", "sgd"},
     ("optim", "scheduler"): {"cosine", "none"},
     ("predict", "blend"): {"gaussian", "linear", "constant"},
+    ("cellseg", "markers"): {"dog", "log", "segment"},
 }
 
 
@@ -338,6 +376,7 @@ def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
     if recipe.vae.elbo_samples < 1:
         raise CytogenError(f"{source}: vae.elbo_samples is {recipe.vae.elbo_samples}; it must be >= 1 "
                            "(the paper averages 10 samples)")
+    _check_cellseg(recipe.cellseg, source)
     if recipe.data.num_workers < -1:
         raise CytogenError(f"{source}: data.num_workers must be >= 0, or -1 to choose automatically")
     if recipe.train.num_nodes < 1:
@@ -349,6 +388,30 @@ def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
     except CytogenError as exc:
         raise CytogenError(f"{source}: train.{exc}") from None
     return recipe
+
+
+def _check_cellseg(c: CellSegConfig, source: str) -> None:
+    positive = {"sigma_px": c.sigma_px, "log_base": c.log_base, "nucleus_diameter_px": c.nucleus_diameter_px,
+                "sigma_um": c.sigma_um, "nucleus_diameter_um": c.nucleus_diameter_um,
+                "min_distance_px": c.min_distance_px, "min_distance_um": c.min_distance_um,
+                "min_size_px": c.min_size_px, "min_size_um2": c.min_size_um2}
+    for key, value in positive.items():
+        if value is not None and not value > 0:
+            raise CytogenError(f"{source}: cellseg.{key} is {value}; it must be > 0 (or null where optional)")
+    if c.log_base == 1.0:
+        raise CytogenError(f"{source}: cellseg.log_base must not be 1")
+    if c.lam < 0 or c.beta < 0:
+        raise CytogenError(f"{source}: cellseg.lam and cellseg.beta must be >= 0 (the paper: 3.32 and 15)")
+    if not 0.0 < c.threshold < 1.0:
+        raise CytogenError(f"{source}: cellseg.threshold is {c.threshold}; it must be in (0, 1) (the paper: 0.5)")
+    if not 0.0 < c.threshold_rel < 1.0:
+        raise CytogenError(f"{source}: cellseg.threshold_rel is {c.threshold_rel}; it must be in (0, 1)")
+    if c.alpha is not None and not 0.0 < c.alpha < 1.0:
+        raise CytogenError(f"{source}: cellseg.alpha is {c.alpha}; it must be in (0, 1) or null (estimated)")
+    if c.kappa is not None and c.kappa < 0:
+        raise CytogenError(f"{source}: cellseg.kappa is {c.kappa}; it must be >= 0 or null (the default)")
+    if c.area < 1 or c.areas_per_epoch < 1:
+        raise CytogenError(f"{source}: cellseg.area and cellseg.areas_per_epoch must be >= 1")
 
 
 def apply_overrides(recipe: Recipe, overrides: list[str] | None, source: str = "recipe") -> Recipe:

@@ -27,6 +27,8 @@ from cytogen.models import build_model, list_models
 from cytogen.models.vae import VAES, build_vae
 
 FORMAT = "cytogen-model"
+#: ``kind`` of the unsupervised cell segmenters' model folders.
+CELLSEG_KIND = "cellseg"
 FORMAT_VERSION = 1
 
 
@@ -85,7 +87,54 @@ def save_model_folder(folder: str | Path, net: torch.nn.Module, *, architecture:
 
 
 def load_model_folder(folder: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Rebuild a generator from a model folder; refuses unknown formats and architectures."""
+    """Rebuild a generator from a model folder; refuses unknown formats and architectures, and
+    the cell segmenters of ``cytogen train configs/cellseg_consistency2d.yaml`` (their network
+    maps marker patches to cell probabilities: use :func:`load_cellseg_folder`)."""
+    loaded = _load_unet_folder(folder, device)
+    if loaded.meta.get("kind") == CELLSEG_KIND:
+        raise CytogenError(
+            f"{folder}: this is a cell segmenter (kind {CELLSEG_KIND!r}) trained on marker patches, not an "
+            f"image translator; use it with 'cytogen segment cells {folder} --data M.csv --out DIR'")
+    return loaded
+
+
+def load_cellseg_folder(folder: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Rebuild an unsupervised cell segmenter (kind ``"cellseg"``) from its model folder.
+
+    ``meta["cellseg"]`` holds the recipe's ``cellseg`` section (markers, Gaussian sigma,
+    threshold, foreground settings) and ``meta["patch_size"]`` the patch size it was trained on.
+
+    Raises
+    ------
+    CytogenError
+        Not a model folder, or a model of another kind (e.g. a translator).
+    """
+    loaded = _load_unet_folder(folder, device)
+    if loaded.meta.get("kind") != CELLSEG_KIND:
+        raise CytogenError(
+            f"{folder}: not a cell segmenter (kind {loaded.meta.get('kind')!r}); pass RUN/model of "
+            "'cytogen train configs/cellseg_consistency2d.yaml', or use --method propagate for the "
+            "classical baseline")
+    return loaded
+
+
+def save_cellseg_folder(folder: str | Path, net: torch.nn.Module, *, architecture: dict[str, Any],
+                        source_norm: Normalizer, source_channels: list[str], pixel_size_um: list[float] | None,
+                        patch_size: list[int], cellseg: dict[str, Any], recipe: dict[str, Any] | None = None,
+                        extra: dict[str, Any] | None = None) -> Path:
+    """Write a cell segmenter's model folder (kind ``"cellseg"``) atomically.
+
+    The network's inputs are the normalised source channels plus the Gaussian marker channel
+    (``architecture["in_channels"]`` = channels + 1); its single output is a logit per pixel.
+    """
+    return save_model_folder(
+        folder, net, architecture=architecture, source_norm=source_norm,
+        target_norm=Normalizer("none"), source_channels=list(source_channels) + ["marker_gaussian"],
+        target_channels=["cell_probability_logit"], pixel_size_um=pixel_size_um, patch_size=patch_size,
+        recipe=recipe, extra={"kind": CELLSEG_KIND, "cellseg": dict(cellseg), **(extra or {})})
+
+
+def _load_unet_folder(folder: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     folder = Path(folder)
     meta_path, weights_path = folder / "model.json", folder / "weights.safetensors"
     if not meta_path.is_file() or not weights_path.is_file():

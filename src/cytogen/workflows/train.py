@@ -76,7 +76,9 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
           overrides: list[str] | None = None, max_steps: int | None = None,
           resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train a translation model (or, for a task with ``data_kind = "cells"``, a Statistical
-    Cell model: see :func:`cytogen.workflows.train_cells.train_cells`) and export ``OUT/model``.
+    Cell model: see :func:`cytogen.workflows.train_cells.train_cells`; for ``data_kind =
+    "markers"``, an unsupervised cell segmenter: see
+    :func:`cytogen.workflows.train_cellseg.train_cellseg`) and export ``OUT/model``.
 
     Parameters
     ----------
@@ -112,6 +114,10 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
         from cytogen.workflows.train_cells import train_cells
 
         return train_cells(rec, data, out, resume=resume, progress=progress, source=source)
+    if getattr(task_cls, "data_kind", "fields") == "markers":  # cellseg_consistency: M.csv of cells + markers
+        from cytogen.workflows.train_cellseg import train_cellseg
+
+        return train_cellseg(rec, data, out, resume=resume, progress=progress, source=source)
     last = check_run_folder(out, data, resume)
 
     entries = read_manifest(data)
