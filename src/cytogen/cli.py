@@ -286,6 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
     eo.add_argument("--channel", type=int, default=0, help="channel of multi-channel images to evaluate")
     eo.set_defaults(func=_cmd_eval_objects)
 
+    from cytogen.cli_cellseg import add_evaluate_cells_parser, add_segment_parser
+
+    add_evaluate_cells_parser(esub)
+    add_segment_parser(sub)
+
     from cytogen.cli_statcell import add_cells_parser, add_statcell_parser
 
     add_cells_parser(sub)

@@ -1,0 +1,74 @@
+"""Command line of unsupervised cell segmentation: ``cytogen segment cells`` and
+``cytogen evaluate cells``.
+
+Parses arguments and calls :mod:`cytogen.workflows.segment_cells` and
+:mod:`cytogen.workflows.evaluate_cells`, nothing more (registered by :mod:`cytogen.cli`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from cytogen.errors import CytogenError
+
+MARKER_SOURCES = ("nuclei", "nucleus_model", "markers")
+
+
+def _cmd_segment_cells(a: argparse.Namespace) -> None:
+    from cytogen.workflows.segment_cells import segment_cells
+
+    if a.method == "model" and a.model is None:
+        raise CytogenError("segment cells: give a model folder (RUN/model of 'cytogen train "
+                           "configs/cellseg_consistency2d.yaml'), or --method propagate for the baseline")
+    if a.method == "propagate" and a.model is not None:
+        raise CytogenError(f"segment cells: --method propagate uses no model, but {a.model!r} was given; "
+                           "drop it, or use --method model")
+    s = segment_cells(a.model, a.data, a.out, method=a.method, split=a.split, markers_from=a.markers_from,
+                      threshold=a.threshold, batch_size=a.batch_size, progress=True)
+    print(json.dumps({k: s[k] for k in ("out", "method", "n_fields", "n_cells", "marker_source", "seconds",
+                                          "marker_errors") if k in s}, default=str))
+
+
+def _cmd_evaluate_cells(a: argparse.Namespace) -> None:
+    from cytogen.workflows.evaluate_cells import evaluate_cells
+
+    s = evaluate_cells(a.pred, a.truth, a.out, split=a.split)
+    print(json.dumps({k: s[k] for k in ("n_fields", "n_true", "n_pred", "miou_matched", "ap50", "f1_50",
+                                          "pq50", "report") if k in s}, default=str))
+
+
+def add_segment_parser(sub: argparse._SubParsersAction) -> None:
+    """``cytogen segment cells``."""
+    s = sub.add_parser("segment", help="segment cells (unsupervised, marker-controlled)")
+    ssub = s.add_subparsers(dest="what", required=True)
+    c = ssub.add_parser("cells", help="label images of whole cells from a cell image and nucleus markers")
+    c.add_argument("model", nargs="?", default=None,
+                   help="RUN/model of 'cytogen train configs/cellseg_consistency2d.yaml' (not with --method propagate)")
+    c.add_argument("--data", required=True,
+                   help="M.csv: name, source, one of nuclei / nucleus_model / markers, optional foreground, "
+                        "scribbles, cells, split, pixel_size_um")
+    c.add_argument("--out", required=True, help="new folder: <name>.tif uint16 labels, markers.csv, report.html")
+    c.add_argument("--split", default=None, help="only rows of this split (default: every row)")
+    c.add_argument("--method", choices=("model", "propagate"), default="model",
+                   help="model (default): the trained segmenter; propagate: the classical baseline "
+                        "(seeded watershed of the cell image from the same markers inside the foreground)")
+    c.add_argument("--markers-from", choices=MARKER_SOURCES, default=None,
+                   help="marker source when M.csv gives several (default: the only one given); the others "
+                        "then serve as reference markers for false negatives / positives at 15 um")
+    c.add_argument("--threshold", type=float, default=None,
+                   help="background below this cell probability (default: the model's recipe, 0.5)")
+    c.add_argument("--batch-size", type=int, default=256, help="patches per model call")
+    c.set_defaults(func=_cmd_segment_cells)
+
+
+def add_evaluate_cells_parser(esub: argparse._SubParsersAction) -> None:
+    """``cytogen evaluate cells`` (added to the ``evaluate`` verb)."""
+    e = esub.add_parser("cells", help="instance scores of cell label images: mIoU of matched cells, AP/F1/PQ")
+    e.add_argument("--pred", required=True, help="folder of <name>.tif label images (cytogen segment cells)")
+    e.add_argument("--truth", required=True,
+                   help="M.csv (its 'cells' column of ground-truth labels) or a folder of same-named label "
+                        "images (agreement between two segmentations)")
+    e.add_argument("--out", required=True)
+    e.add_argument("--split", default=None, help="only rows of this split of M.csv")
+    e.set_defaults(func=_cmd_evaluate_cells)
