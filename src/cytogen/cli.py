@@ -35,7 +35,9 @@ def _cmd_synth_cells(a: argparse.Namespace) -> None:
 
     shape = (a.z, a.size, a.size) if a.three_d else (a.size, a.size)
     path = write_synthetic_dataset(a.out, n_fields=a.n_fields, shape=shape, organelles=a.organelles,
-                                   seed=a.seed, progress=True)
+                                   seed=a.seed, pixel_size_um=a.pixel_size_um,
+                                   cells_per_field=a.cells_per_field, crowded_fraction=a.crowded_fraction,
+                                   progress=True)
     print(path)
 
 
@@ -183,6 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--z", type=int, default=32, help="number of z planes for --3d")
     c.add_argument("--organelles", action="store_true", help="add an organelles channel and masks")
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--pixel-size-um", type=float, default=0.5,
+                   help="in-plane pixel size (default 0.5); cells stay 20-45 um long")
+    c.add_argument("--cells-per-field", type=int, default=None,
+                   help="cells per field (default: one per 1225 um^2, 13 in a 256 x 256 field at 0.5 um)")
+    c.add_argument("--crowded-fraction", type=float, default=0.0,
+                   help="fraction of the fields (of each split) with 2.5x the cells: crowded, touching cells "
+                        "(default 0); segment.csv is always written for 'cytogen segment cells'")
     c.set_defaults(func=_cmd_synth_cells)
     sc = ssub.add_parser("statcell", help="Statistical Cell control fields (blank, membrane/DNA copies, "
                                           "noise, nucleoli, cytoplasmic organelles) and FIELDS.csv")

@@ -354,3 +354,88 @@ def test_write_synthetic_dataset_crash_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         write_synthetic_dataset(tmp_path / "data", n_fields=4, shape=(48, 48), seed=0)
     assert len(calls) == 3 and list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------ segmentation data (issue 12)
+def _touching_fraction(labels: np.ndarray) -> float:
+    """Fraction of cells that touch another cell."""
+    pairs = _adjacent_pairs(labels)
+    touching = {a for p in pairs for a in p}
+    n = len(np.unique(labels[labels > 0]))
+    return len(touching) / n if n else 0.0
+
+
+def test_segment_csv_columns_and_paths_resolve(tmp_path):
+    from cytogen.io.images import read_image, read_spec
+
+    out = tmp_path / "data"
+    manifest = write_synthetic_dataset(out, n_fields=3, shape=(64, 64), seed=1)
+    seg = _read_csv(out / "segment.csv")
+    assert list(seg[0]) == ["name", "source", "nuclei", "cells", "split", "pixel_size_um"]
+    assert [r["name"] for r in seg] == [r["name"] for r in _read_csv(manifest)]
+    assert [r["split"] for r in seg] == [r["split"] for r in _read_csv(manifest)]
+    for r in seg:
+        img = read_image(out / "images" / f"{r['name']}.tif")
+        actin, nuclei = read_spec(r["source"], out), read_spec(r["nuclei"], out)
+        np.testing.assert_array_equal(actin.data[0], img.data[img.channel_names.index("actin")])
+        np.testing.assert_array_equal(nuclei.data[0], img.data[img.channel_names.index("nucleus")])
+        cells = read_image(out / r["cells"]).data[0]
+        nuc = read_image(out / "masks" / f"{r['name']}_nuclei.tif").data[0]
+        assert cells.max() >= 1 and np.array_equal(cells[nuc > 0], nuc[nuc > 0])  # whole-cell labels
+        assert float(r["pixel_size_um"]) == 0.5
+
+
+def test_dataset_defaults_unchanged_by_the_new_options(tmp_path):
+    from cytogen.io.images import read_image
+
+    plain = tmp_path / "plain"
+    write_synthetic_dataset(plain, n_fields=3, shape=(64, 64), seed=4)
+    explicit = tmp_path / "explicit"
+    write_synthetic_dataset(explicit, n_fields=3, shape=(64, 64), seed=4, pixel_size_um=0.5,
+                            cells_per_field=None, crowded_fraction=0.0)
+    for i in range(3):
+        f = synth_field((64, 64), seed=np.random.default_rng([4, i]))  # what the dataset always held
+        for folder in (plain, explicit):
+            np.testing.assert_array_equal(read_image(folder / "images" / f"field_{i:03d}.tif").data, f.image)
+            np.testing.assert_array_equal(read_image(folder / "masks" / f"field_{i:03d}_cells.tif").data[0],
+                                          f.cells)
+    for name in ("manifest.csv", "segment.csv", "README.txt"):  # (TIFFs carry a write timestamp)
+        assert (plain / name).read_bytes() == (explicit / name).read_bytes()
+    assert "Crowded" not in (plain / "README.txt").read_text()
+
+
+def test_crowded_fields_hold_more_and_more_touching_cells(tmp_path):
+    from cytogen.io.images import read_image
+
+    out = tmp_path / "crowd"
+    write_synthetic_dataset(out, n_fields=6, shape=(128, 128), seed=2, crowded_fraction=0.34)
+    rows = _read_csv(out / "segment.csv")
+    line = [t for t in (out / "README.txt").read_text().splitlines() if t.startswith("Crowded")][0]
+    crowded = {r["name"] for r in rows if r["name"] in line}
+    # one crowded field per split (val 1, test 1, train round(0.34 * 4) = 1)
+    assert len(crowded) == 3 and {r["split"] for r in rows if r["name"] in crowded} == {"train", "val", "test"}
+    counts, touch = {}, {}
+    for r in rows:
+        cells = read_image(out / r["cells"]).data[0]
+        counts[r["name"]] = len(np.unique(cells[cells > 0])) / cells.size
+        touch[r["name"]] = _touching_fraction(cells)
+    dense = [counts[n] for n in crowded]
+    sparse = [counts[n] for n in counts if n not in crowded]
+    assert min(dense) > 1.5 * max(sparse)
+    assert np.mean([touch[n] for n in crowded]) > np.mean([touch[n] for n in touch if n not in crowded])
+
+
+def test_dataset_pixel_size_and_cells_per_field_via_cli(tmp_path):
+    from cytogen.cli import main
+    from cytogen.io.images import read_image
+
+    out = tmp_path / "cli"
+    assert main(["synthesize", "cells", "--out", str(out), "--n-fields", "3", "--size", "96",
+                 "--pixel-size-um", "1.0", "--cells-per-field", "4", "--crowded-fraction", "0.5"]) == 0
+    rows = _read_csv(out / "segment.csv")
+    assert all(float(r["pixel_size_um"]) == 1.0 for r in rows)
+    n = [int(np.unique(read_image(out / r["cells"]).data[0]).size - 1) for r in rows]
+    assert read_image(out / "images" / "field_000.tif").pixel_size_um == (1.0, 1.0)
+    # every split holds one field here, so all are crowded: 2.5 x 4 = 10 wanted, more than 4
+    assert "Crowded" in (out / "README.txt").read_text() and all(6 <= k <= 10 for k in n)
+    assert main(["synthesize", "cells", "--out", str(tmp_path / "bad"), "--crowded-fraction", "1.5"]) == 2

@@ -28,6 +28,7 @@ from cytogen.synth.layouts import make_layout
 CHANNELS = ("actin", "membrane", "nucleus")
 ORGANELLE_CHANNEL = "organelles"
 CELL_AREA_PX = 70 * 70  # default density: about one cell per 70 x 70 pixels of field
+CROWDED_FACTOR = 2.5  # crowded fields of write_synthetic_dataset: this many times the cells
 
 __all__ = ["CHANNELS", "SynthField", "synth_field", "write_synthetic_dataset"]
 
@@ -185,6 +186,26 @@ def _write_label(path: Path, labels: np.ndarray, vox: tuple[float, ...], write_i
                             channel_names=[path.stem.rsplit("_", 1)[-1]]))
 
 
+def _crowded(splits: list[str], fraction: float, seed: int) -> set[int]:
+    """Indices of the crowded fields: ``round(fraction x n)`` of each split (>= 1 when fraction > 0)."""
+    if fraction <= 0:
+        return set()
+    rng = np.random.default_rng([seed, 13])
+    out: set[int] = set()
+    for split in sorted(set(splits)):
+        idx = [i for i, s in enumerate(splits) if s == split]
+        k = min(len(idx), max(1, int(round(fraction * len(idx)))))
+        out.update(int(i) for i in rng.permutation(idx)[:k])
+    return out
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def write_synthetic_dataset(
     out: str | Path,
     *,
@@ -195,6 +216,9 @@ def write_synthetic_dataset(
     val_fraction: float = 0.2,
     test_fraction: float = 0.2,
     progress: bool = False,
+    pixel_size_um: float = 0.5,
+    cells_per_field: int | None = None,
+    crowded_fraction: float = 0.0,
 ) -> Path:
     """Write ``n_fields`` synthetic fields, their masks and a manifest CSV into a new folder.
 
@@ -202,8 +226,25 @@ def write_synthetic_dataset(
     nucleus[, organelles]), ``masks/field_000_cells.tif``, ``masks/field_000_nuclei.tif``
     [``masks/field_000_organelles.tif``], ``manifest.csv`` (columns ``name, source, target, mask,
     split, pixel_size_um, group``; source = actin channel, target = nucleus channel) and
-    ``README.txt``. The folder is built next to ``out`` and renamed into place at the end
-    (:func:`cytogen.io.atomic.atomic_dir`), so a crash never leaves a half-written dataset. Field ``i`` is ``synth_field(seed=[seed, i])``.
+    ``README.txt``, plus ``segment.csv``: the M.csv of ``cytogen segment cells`` (columns ``name,
+    source, nuclei, cells, split, pixel_size_um``; source = actin channel, nuclei = nucleus
+    channel, cells = the exact cell labels, for evaluation). The folder is built next to ``out``
+    and renamed into place at the end (:func:`cytogen.io.atomic.atomic_dir`), so a crash never
+    leaves a half-written dataset. Field ``i`` is ``synth_field(seed=[seed, i])``.
+
+    Parameters
+    ----------
+    pixel_size_um
+        In-plane pixel size; cells keep their physical size (20-45 um long).
+    cells_per_field
+        Cells wanted per (non-crowded) field. Default: one per 1225 um^2 (35 x 35 um) of field,
+        i.e. one per 70 x 70 px at 0.5 um, the default of :func:`synth_field`.
+    crowded_fraction
+        Fraction of the fields drawn with 2.5 times as many cells (crowded, mostly touching
+        cells; the layout places fewer when no room is left). Each split gets
+        ``round(crowded_fraction x its fields)`` crowded fields, at least one when the fraction is
+        above 0, chosen with the seed; ``README.txt`` lists them. With the defaults the output is
+        the same as without these options.
 
     Returns
     -------
@@ -226,17 +267,30 @@ def write_synthetic_dataset(
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise CytogenError("val_fraction and test_fraction must be in [0, 1) with a sum below 1, "
                            f"got {val_fraction} and {test_fraction}")
+    if not (np.isfinite(pixel_size_um) and pixel_size_um > 0):
+        raise CytogenError(f"pixel_size_um must be > 0, got {pixel_size_um}")
+    if cells_per_field is not None and int(cells_per_field) < 1:
+        raise CytogenError(f"cells_per_field must be >= 1 (or None for the default density), "
+                           f"got {cells_per_field}")
+    if not 0 <= crowded_fraction <= 1:
+        raise CytogenError(f"crowded_fraction must be in [0, 1], got {crowded_fraction}")
+    shape = _check_args(shape, cells_per_field, pixel_size_um, 1.0, 0.0, 0.0)
+    if cells_per_field is None:  # one cell per 1225 um^2; at 0.5 um exactly synth_field's default
+        cells_per_field = max(1, int(round(shape[-2] * shape[-1] * (pixel_size_um / 0.5) ** 2 / CELL_AREA_PX)))
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(out) as tmp:
         tmp.mkdir()
         (tmp / "images").mkdir()
         (tmp / "masks").mkdir()
         splits = _splits(int(n_fields), val_fraction, test_fraction, int(seed))
-        rows = []
+        crowded = _crowded(splits, crowded_fraction, int(seed))
+        rows, seg_rows = [], []
         names: list[str] = []
         vox: tuple[float, ...] = ()
         for i in range(int(n_fields)):
-            f = synth_field(shape, organelles=organelles, seed=np.random.default_rng([int(seed), i]))
+            n_cells = int(round(CROWDED_FACTOR * cells_per_field)) if i in crowded else int(cells_per_field)
+            f = synth_field(shape, n_cells=n_cells, organelles=organelles, pixel_size_um=pixel_size_um,
+                            seed=np.random.default_rng([int(seed), i]))
             name, names, vox = f"field_{i:03d}", f.channel_names, f.pixel_size_um
             axes = "CYX" if f.image.ndim == 3 else "CZYX"
             write_image(tmp / "images" / f"{name}.tif",
@@ -250,15 +304,15 @@ def write_synthetic_dataset(
                          "target": f"images/{name}.tif#c={names.index('nucleus')}",
                          "mask": f"masks/{name}_nuclei.tif", "split": splits[i],
                          "pixel_size_um": f"{vox[-1]:g}", "group": ""})
+            seg_rows.append({"name": name, "source": rows[-1]["source"], "nuclei": rows[-1]["target"],
+                             "cells": f"masks/{name}_cells.tif", "split": splits[i],
+                             "pixel_size_um": rows[-1]["pixel_size_um"]})
             if progress:
                 print(f"\rsynthetic fields: {i + 1}/{n_fields}", end="", file=sys.stderr, flush=True)
         if progress:
             print(file=sys.stderr, flush=True)
-        manifest = tmp / "manifest.csv"
-        with manifest.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        _write_rows(tmp / "manifest.csv", rows)
+        _write_rows(tmp / "segment.csv", seg_rows)
         (tmp / "README.txt").write_text(
             f"Synthetic fluorescence dataset written by cytogen.synth.write_synthetic_dataset: "
             f"{n_fields} fields of shape {tuple(shape)} (seed {seed}) of adherent cells with exact "
@@ -267,5 +321,9 @@ def write_synthetic_dataset(
             f"instance labels of cells, nuclei{' and organelles (plus nucleoli)' if organelles else ''} "
             f"(nucleus i lies in cell i). Voxel size {vox} um ({'y, x' if len(vox) == 2 else 'z, y, x'}). "
             f"manifest.csv pairs the actin channel (source) with the nucleus channel (target) and "
-            f"assigns each field to train, val or test.\n")
+            f"assigns each field to train, val or test. segment.csv is the M.csv of 'cytogen segment "
+            f"cells': actin channel (source), nucleus channel (nuclei, markers by blob detection) and the "
+            f"exact cell labels (cells, for 'cytogen evaluate cells').\n"
+            + (f"Crowded fields ({CROWDED_FACTOR:g} x {cells_per_field} cells wanted instead of "
+               f"{cells_per_field}): {', '.join(f'field_{i:03d}' for i in sorted(crowded))}.\n" if crowded else ""))
     return out / "manifest.csv"
