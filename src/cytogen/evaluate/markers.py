@@ -30,7 +30,8 @@ def _scale01(img: np.ndarray, lo: float = 1.0, hi: float = 99.8) -> np.ndarray |
 
 def detect_markers(image: np.ndarray, *, pixel_size_um: tuple[float, ...] | None = None,
                    nucleus_diameter_um: float | None = None, nucleus_diameter_px: float = 10.0,
-                   threshold_rel: float = 0.1, method: str = "dog") -> np.ndarray:
+                   threshold_rel: float = 0.1, method: str = "dog", return_sigma: bool = False,
+                   ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Centres of nucleus-sized bright blobs.
 
     Parameters
@@ -49,12 +50,15 @@ def detect_markers(image: np.ndarray, *, pixel_size_um: tuple[float, ...] | None
     method : {"dog", "log"}
         :func:`skimage.feature.blob_dog` (difference of Gaussians, the study's detector; default)
         or :func:`skimage.feature.blob_log` (Laplacian of Gaussian).
+    return_sigma : bool
+        Also return each blob's scale (the detector's sigma in pixels, per axis).
 
     Returns
     -------
-    numpy.ndarray
+    numpy.ndarray or tuple of numpy.ndarray
         ``(N, d)`` float blob centres in pixel coordinates (image axis order); ``(0, d)`` for a
-        constant image.
+        constant image. With ``return_sigma``: ``(centres, sigmas)``, ``sigmas`` ``(N, d)``
+        float (a blob of sigma s has radius about s * sqrt(d)).
 
     Notes
     -----
@@ -88,14 +92,23 @@ def detect_markers(image: np.ndarray, *, pixel_size_um: tuple[float, ...] | None
         lo, hi = tuple(lo), tuple(hi)
     scaled = _scale01(img)
     if scaled is None:
-        return np.zeros((0, img.ndim))
+        empty = np.zeros((0, img.ndim))
+        return (empty, empty.copy()) if return_sigma else empty
     if method == "log":
         blobs = blob_log(scaled, min_sigma=lo, max_sigma=hi, num_sigma=5, threshold=None,
                          threshold_rel=threshold_rel, exclude_border=False)
     else:
         blobs = blob_dog(scaled, min_sigma=lo, max_sigma=hi, sigma_ratio=1.6, threshold=None,
                          threshold_rel=threshold_rel, exclude_border=False)
-    return np.asarray(blobs[:, : img.ndim], dtype=np.float64).reshape(-1, img.ndim)
+    blobs = np.asarray(blobs, dtype=np.float64)
+    if blobs.ndim != 2 or blobs.shape[1] <= img.ndim:
+        blobs = blobs.reshape(0, img.ndim + 1)
+    centres = blobs[:, : img.ndim].reshape(-1, img.ndim)
+    if not return_sigma:
+        return centres
+    # one sigma column for an isotropic search, one per axis otherwise
+    sigmas = np.broadcast_to(blobs[:, img.ndim:], (len(blobs), img.ndim)).copy()
+    return centres, sigmas
 
 
 def _check_points(pts: np.ndarray, name: str) -> np.ndarray:
