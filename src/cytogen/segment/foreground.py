@@ -380,7 +380,9 @@ def foreground_mask(image: np.ndarray, *, scribbles: np.ndarray | None = None,
         Optional trained :class:`PixelClassifier` (e.g. from another field) whose probability is cut.
         Give scribbles or a classifier, not both.
     alpha, kappa
-        Graph-cut prior and penalty (:func:`graph_cut`); alpha None = estimated.
+        Graph-cut prior and penalty (:func:`graph_cut`); alpha None = estimated: the covered
+        area (:func:`estimate_alpha`) for a classifier's probability, :func:`intensity_alpha`
+        (``1 - Otsu``) for scaled intensities.
     sigma_px
         Gaussian smoothing (pixels, >= 0) of each channel before scaling, for the intensity route.
 
@@ -407,4 +409,23 @@ def foreground_mask(image: np.ndarray, *, scribbles: np.ndarray | None = None,
             raise CytogenError(f"sigma_px must be a number >= 0, got {sigma_px}")
         scaled = [scale01(ndi.gaussian_filter(c, sigma_px) if sigma_px > 0 else c) for c in chans]
         prob = np.mean(scaled, axis=0)
+        if alpha is None:
+            alpha = intensity_alpha(prob)
     return graph_cut(prob, alpha=alpha, kappa=kappa)
+
+
+def intensity_alpha(x: np.ndarray) -> float:
+    """The prior of the intensity route: ``1 - Otsu(x)``, clipped to [0.02, 0.98].
+
+    With no cut penalty Eq 2 keeps the pixels with ``x > 1 - alpha``, so this prior makes the
+    cut Otsu's threshold, which kappa then regularises. The paper's prior, the fraction of the
+    area covered by cells (:func:`estimate_alpha`), suits probabilities (the pixel classifier's
+    output); on percentile-scaled intensities it keeps only pixels above ``1 - area`` and lost
+    almost all cells on synthetic fields (mask IoU 0.04 against 0.74, see :data:`DEFAULT_KAPPA`).
+    """
+    from skimage.filters import threshold_otsu
+
+    x = np.asarray(x, dtype=np.float32)
+    if float(x.max()) <= float(x.min()):
+        return 0.5
+    return float(np.clip(1.0 - threshold_otsu(x), 0.02, 0.98))
