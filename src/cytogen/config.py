@@ -119,7 +119,9 @@ class CellSegConfig:
     probability outside the foreground mask. Patches (``data.patch_size``) are centred on the
     markers with a Gaussian disk channel of ``sigma_px`` pixels (``sigma_um`` wins when the pixel
     size is known); one batch = the patches whose markers fall in a random ``area`` x ``area``
-    window. ``threshold``: integration background level. Markers: ``markers`` (dog, log: blob
+    window. ``threshold``: integration background level. ``marker_source``: the M.csv column the
+    training markers come from (nuclei, nucleus_model, markers; None: the only one a row gives).
+    Markers: ``markers`` (dog, log: blob
     detection; segment: nucleus segmentation centroids) with the nucleus diameter, minimum
     distance and size (px, or um when the pixel size is known). Foreground: graph cut with the
     cut penalty ``kappa`` and the prior ``alpha`` (None: estimated from the area covered).
@@ -134,6 +136,7 @@ class CellSegConfig:
     area: int = 640
     threshold: float = 0.5
     markers: str = "dog"
+    marker_source: str | None = None
     nucleus_diameter_px: float = 10.0
     nucleus_diameter_um: float | None = None
     threshold_rel: float = 0.1
@@ -210,6 +213,7 @@ _CHOICES = {
     ("optim", "scheduler"): {"cosine", "none"},
     ("predict", "blend"): {"gaussian", "linear", "constant"},
     ("cellseg", "markers"): {"dog", "log", "segment"},
+    ("cellseg", "marker_source"): {"nuclei", "nucleus_model", "markers"},
 }
 
 
