@@ -169,3 +169,11 @@ def test_translator_that_does_not_fit_and_mismatched_images(field, tmp_path):
         prepare_inputs(e)
     with pytest.raises(CytogenError, match="unknown key"):
         prepare_inputs(_entry(root, "source,nuclei", "actin.tif,nuc.tif"), {"sigma": 3})
+
+
+def test_patch_sigma_in_um_when_the_pixel_size_is_known():
+    from cytogen.workflows.cellseg_inputs import patch_sigma_px
+
+    assert patch_sigma_px({"sigma_px": 15.0, "sigma_um": None}, (0.5, 0.5)) == (15.0, 15.0)
+    assert patch_sigma_px({"sigma_px": 15.0, "sigma_um": 6.0}, (0.5, 0.25)) == (12.0, 24.0)
+    assert patch_sigma_px({"sigma_px": 15.0, "sigma_um": 6.0}, None) == (15.0, 15.0)

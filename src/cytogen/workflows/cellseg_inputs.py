@@ -24,8 +24,8 @@ from cytogen.data.seg_manifest import MARKER_COLUMNS, SegEntry
 from cytogen.errors import CytogenError
 from cytogen.io.images import Image, read_spec, stack_channels
 
-__all__ = ["SegInputs", "choose_marker_source", "clear_model_cache", "marker_settings", "prepare_inputs",
-           "resolve_settings"]
+__all__ = ["SegInputs", "choose_marker_source", "clear_model_cache", "marker_settings", "patch_sigma_px",
+           "prepare_inputs", "resolve_settings"]
 
 
 @dataclass
@@ -93,6 +93,15 @@ def marker_settings(settings: dict[str, Any], pixel_size_um: tuple[float, ...] |
         kw.update(nucleus_diameter_um=settings["nucleus_diameter_um"], min_distance_um=settings["min_distance_um"],
                   min_size_um2=settings["min_size_um2"])
     return kw
+
+
+def patch_sigma_px(settings: dict[str, Any], pixel_size_um: tuple[float, ...] | None) -> tuple[float, ...]:
+    """Sigma of the Gaussian marker channel in pixels per axis: ``sigma_um`` / pixel size when both
+    are known, else ``sigma_px``."""
+    if settings.get("sigma_um") is not None and pixel_size_um is not None:
+        return tuple(float(settings["sigma_um"]) / float(p) for p in pixel_size_um)
+    n = 2 if pixel_size_um is None else len(pixel_size_um)
+    return (float(settings["sigma_px"]),) * n
 
 
 def choose_marker_source(entry: SegEntry, markers_from: str | None) -> str:
