@@ -303,3 +303,16 @@ def test_missing_optional_dependencies(monkeypatch):
     scr[0], scr[5] = 1, 2
     with pytest.raises(CytogenError, match=r"pip install 'cytogen\[segment\]'"):
         train_pixel_classifier(ok, scr)
+
+
+def test_holes_are_filled_up_to_the_given_area():
+    img = np.zeros((60, 60), np.float32)
+    img[5:55, 5:55] = 1.0
+    img[10:14, 10:14] = 0.0  # a 16 px hole (a dark nucleus)
+    img[25:45, 25:45] = 0.0  # a 400 px hole
+    plain = foreground_mask(img, sigma_px=0, max_hole_px=0)
+    assert not plain[12, 12] and not plain[35, 35]
+    some = foreground_mask(img, sigma_px=0, max_hole_px=100)
+    assert some[12, 12] and not some[35, 35]
+    every = foreground_mask(img, sigma_px=0, max_hole_px=None)
+    assert every[12, 12] and every[35, 35]

@@ -366,7 +366,8 @@ def train_pixel_classifier(image: np.ndarray, scribbles: np.ndarray, *,
 
 def foreground_mask(image: np.ndarray, *, scribbles: np.ndarray | None = None,
                     classifier: PixelClassifier | None = None, alpha: float | None = None,
-                    kappa: float = DEFAULT_KAPPA, sigma_px: float = 1.0) -> np.ndarray:
+                    kappa: float = DEFAULT_KAPPA, sigma_px: float = 1.0,
+                    max_hole_px: float | None = 0.0) -> np.ndarray:
     """The cell-area mask of a ``(Y, X)`` or ``(C, Y, X)`` field.
 
     Parameters
@@ -385,6 +386,10 @@ def foreground_mask(image: np.ndarray, *, scribbles: np.ndarray | None = None,
         (``1 - Otsu``) for scaled intensities.
     sigma_px
         Gaussian smoothing (pixels, >= 0) of each channel before scaling, for the intensity route.
+    max_hole_px
+        Fill background holes enclosed by the mask up to this area in pixels (None: every hole;
+        0: none). A cytoplasmic stain leaves the nucleus dark, and without filling, the markers
+        at the nuclei would fall outside the mask.
 
     Returns
     -------
@@ -411,7 +416,14 @@ def foreground_mask(image: np.ndarray, *, scribbles: np.ndarray | None = None,
         prob = np.mean(scaled, axis=0)
         if alpha is None:
             alpha = intensity_alpha(prob)
-    return graph_cut(prob, alpha=alpha, kappa=kappa)
+    mask = graph_cut(prob, alpha=alpha, kappa=kappa)
+    if max_hole_px is None:
+        return ndi.binary_fill_holes(mask)
+    if max_hole_px > 0:
+        from skimage.morphology import remove_small_holes
+
+        return remove_small_holes(mask, max_size=int(max_hole_px))
+    return mask
 
 
 def intensity_alpha(x: np.ndarray) -> float:

@@ -201,13 +201,25 @@ def _foreground(entry: SegEntry, raw: Image, settings: dict[str, Any]) -> tuple[
         return _plane(entry.foreground, "foreground", entry, shape) != 0, "mask"
     kappa = DEFAULT_KAPPA if settings["kappa"] is None else float(settings["kappa"])
     image = raw.data.astype(np.float32)
+    holes = dict(max_hole_px=_max_hole_px(settings, raw))
     if entry.scribbles is not None:
         scribbles = _labels(entry.scribbles, "scribbles", entry, shape)
         try:
-            return foreground_mask(image, scribbles=scribbles, alpha=settings["alpha"], kappa=kappa), "scribbles"
+            return foreground_mask(image, scribbles=scribbles, alpha=settings["alpha"], kappa=kappa,
+                                   **holes), "scribbles"
         except CytogenError as exc:
             raise CytogenError(f"field {entry.name!r}, column 'scribbles' ({entry.scribbles}): {exc}") from None
-    return foreground_mask(image, alpha=settings["alpha"], kappa=kappa), "graph_cut"
+    return foreground_mask(image, alpha=settings["alpha"], kappa=kappa, **holes), "graph_cut"
+
+
+def _max_hole_px(settings: dict[str, Any], raw: Image) -> float:
+    """Holes of the foreground filled: up to a disk of twice the nucleus diameter (a cytoplasmic
+    stain leaves the nuclei dark; the markers sit there)."""
+    d = float(settings["nucleus_diameter_px"])
+    ps = raw.pixel_size_um
+    if settings.get("nucleus_diameter_um") is not None and ps:
+        d = float(settings["nucleus_diameter_um"]) / float(ps[-1])
+    return float(np.pi * d * d)
 
 
 def _reference(entry: SegEntry, used: str, raw: Image, settings: dict[str, Any],
