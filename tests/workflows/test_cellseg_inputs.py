@@ -67,9 +67,14 @@ def test_nuclei_markers_graph_cut_foreground_and_normalised_image(field):
     assert inp.reference_markers is None and inp.reference_source is None  # nuclei were used: no other reference
     # no mask or scribbles: the graph cut of the source as read, with the recipe's kappa and alpha
     assert inp.foreground_source == "graph_cut" and inp.foreground.dtype == bool
-    np.testing.assert_array_equal(inp.foreground, foreground_mask(inp.raw.data.astype(np.float32)))
-    fg = prepare_inputs(e, {"kappa": 0.0, "alpha": 0.3}).foreground
-    np.testing.assert_array_equal(fg, foreground_mask(inp.raw.data.astype(np.float32), kappa=0.0, alpha=0.3))
+    # (holes up to a disk of twice the nucleus diameter are filled: the nuclei are dark in actin)
+    hole = np.pi * 8.0 ** 2  # nucleus_diameter_um 8 at 1 um/px
+    raw = inp.raw.data.astype(np.float32)
+    np.testing.assert_array_equal(inp.foreground, foreground_mask(raw, max_hole_px=hole))
+    m = np.round(inp.markers).astype(int)
+    assert inp.foreground[m[:, 0], m[:, 1]].mean() >= foreground_mask(raw)[m[:, 0], m[:, 1]].mean()
+    fg = prepare_inputs(e, {"kappa": 0.0, "alpha": 0.3, "nucleus_diameter_um": 8.0}).foreground
+    np.testing.assert_array_equal(fg, foreground_mask(raw, kappa=0.0, alpha=0.3, max_hole_px=hole))
     np.testing.assert_array_equal(inp.truth, f.cells)
     assert inp.raw.data.dtype == np.uint16  # the source as read, not normalised
 
