@@ -231,19 +231,19 @@ def test_foreground_mask_intensity_route():
     want = graph_cut(scaled, alpha=intensity_alpha(scaled), kappa=DEFAULT_KAPPA)
     got = foreground_mask(img)
     assert np.array_equal(got, want)
-    assert iou(got, truth) > 0.9  # the 1 - Otsu prior keeps the disks
+    assert iou(got, truth) > 0.9  # the 1 - Li prior keeps the disks
     # multi-channel: mean of the per-channel scaled images; a rescaled copy of a channel changes nothing
     assert np.array_equal(foreground_mask(np.stack([img, 0.01 * img])), got)
     assert iou(foreground_mask(img, alpha=0.5, kappa=1.0), truth) > 0.9
 
 
-def test_intensity_alpha_is_one_minus_otsu():
-    from skimage.filters import threshold_otsu
+def test_intensity_alpha_is_one_minus_li():
+    from skimage.filters import threshold_li
 
     x = np.concatenate([np.full(700, 0.1), np.full(300, 0.6)]).astype(np.float32).reshape(20, 50)
-    assert intensity_alpha(x) == pytest.approx(1 - threshold_otsu(x))
-    # with no cut penalty the cut is Otsu's threshold
-    assert np.array_equal(graph_cut(x, alpha=intensity_alpha(x), kappa=0.0), x > threshold_otsu(x))
+    assert intensity_alpha(x) == pytest.approx(1 - threshold_li(x))
+    # with no cut penalty the cut is Li's threshold
+    assert np.array_equal(graph_cut(x, alpha=intensity_alpha(x), kappa=0.0), x > threshold_li(x))
 
 
 # --------------------------------------------------------------------------- errors

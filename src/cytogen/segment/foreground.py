@@ -383,7 +383,7 @@ def foreground_mask(image: np.ndarray, *, scribbles: np.ndarray | None = None,
     alpha, kappa
         Graph-cut prior and penalty (:func:`graph_cut`); alpha None = estimated: the covered
         area (:func:`estimate_alpha`) for a classifier's probability, :func:`intensity_alpha`
-        (``1 - Otsu``) for scaled intensities.
+        (``1 - Li``) for scaled intensities.
     sigma_px
         Gaussian smoothing (pixels, >= 0) of each channel before scaling, for the intensity route.
     max_hole_px
@@ -427,17 +427,20 @@ def foreground_mask(image: np.ndarray, *, scribbles: np.ndarray | None = None,
 
 
 def intensity_alpha(x: np.ndarray) -> float:
-    """The prior of the intensity route: ``1 - Otsu(x)``, clipped to [0.02, 0.98].
+    """The prior of the intensity route: ``1 - Li(x)``, clipped to [0.02, 0.98].
 
     With no cut penalty Eq 2 keeps the pixels with ``x > 1 - alpha``, so this prior makes the
-    cut Otsu's threshold, which kappa then regularises. The paper's prior, the fraction of the
-    area covered by cells (:func:`estimate_alpha`), suits probabilities (the pixel classifier's
-    output); on percentile-scaled intensities it keeps only pixels above ``1 - area`` and lost
-    almost all cells on synthetic fields (mask IoU 0.04 against 0.74, see :data:`DEFAULT_KAPPA`).
+    cut Li's minimum cross-entropy threshold, which kappa then regularises. The paper's prior,
+    the fraction of the area covered by cells (:func:`estimate_alpha`), suits probabilities (the
+    pixel classifier's output); on percentile-scaled intensities it keeps only pixels above
+    ``1 - area`` and lost almost all cells on synthetic fields (mask IoU 0.04). Li rather than
+    Otsu: a cytoplasmic stain has a long dim tail at the cell margins, which Otsu's split of the
+    bright and the dim cells cuts off (mask IoU on two held-out synthetic fields, one crowded,
+    kappa 0.5, sigma 1 px, nucleus-sized holes filled: Otsu 0.68 / 0.72, Li 0.83 / 0.83).
     """
-    from skimage.filters import threshold_otsu
+    from skimage.filters import threshold_li
 
     x = np.asarray(x, dtype=np.float32)
     if float(x.max()) <= float(x.min()):
         return 0.5
-    return float(np.clip(1.0 - threshold_otsu(x), 0.02, 0.98))
+    return float(np.clip(1.0 - threshold_li(x), 0.02, 0.98))
