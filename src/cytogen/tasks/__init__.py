@@ -1,6 +1,7 @@
 """Lightning tasks: regression, conditional GAN and CycleGAN translation, and the Statistical
 Cell's beta-VAEs (``statcell_reference``, ``statcell_target``; built by the cell workflow with
-their own arguments, see :mod:`cytogen.tasks.vae`), built by name.
+their own arguments, see :mod:`cytogen.tasks.vae`) and the unsupervised marker-patch cell
+segmenter (``cellseg_consistency``, :mod:`cytogen.tasks.cellseg`), built by name.
 
 ``TASKS`` holds every registered task; :func:`build_task` builds one with the uniform
 arguments (see :mod:`cytogen.tasks.registry`). A new task is one module with a class decorated
@@ -14,9 +15,10 @@ from cytogen.tasks.translate import TranslateTask
 from cytogen.tasks.gan import GANTranslateTask  # noqa: E402  (registers "gan")
 from cytogen.tasks.cyclegan import CycleGANTask  # noqa: E402  (registers "cyclegan")
 from cytogen.tasks.vae import ReferenceVAETask, TargetVAETask  # noqa: E402  (registers "statcell_*")
+from cytogen.tasks.cellseg import CellSegTask  # noqa: E402  (registers "cellseg_consistency")
 
-__all__ = ["TASKS", "CycleGANTask", "GANTranslateTask", "ReferenceVAETask", "TargetVAETask", "TranslateTask",
-           "build_task", "register_task"]
+__all__ = ["TASKS", "CellSegTask", "CycleGANTask", "GANTranslateTask", "ReferenceVAETask", "TargetVAETask",
+           "TranslateTask", "build_task", "register_task"]
 
 
 def build_task(task: str, *, model: dict[str, Any], discriminator: dict[str, Any], loss: dict[str, Any],
