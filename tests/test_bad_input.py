@@ -36,6 +36,7 @@ def world(tmp_path_factory):
         tifffile.imwrite(root / "img" / f"t{i}.tif", _field(rng))
         rows.append(f"f{i},img/s{i}.tif,img/t{i}.tif,{'val' if i == 3 else 'train'}")
     (root / "good.csv").write_text("\n".join(rows) + "\n")
+    (root / "seg.csv").write_text("name,source,nuclei\ns0,img/s0.tif,img/t0.tif\n")
     assert main(["train", str(CONFIGS / "translate_unet2d.yaml"), "--data", str(root / "good.csv"),
                  "--out", str(root / "run"), "--max-steps", "2", *TINY]) == 0
     (root / "in").mkdir()
@@ -167,6 +168,12 @@ CASES = {
     "statcell features no cells csv": (lambda r: ["statcell", "features", "--reference", f"{r}/run/model", "--data", f"{r}/nocells.csv", "--out", f"{r}/e"], "cells extract"),
     "statcell sweep translator recipe": (lambda r: ["statcell", "sweep", str(CONFIGS / "translate_unet2d.yaml"), "--data", f"{r}/nocells.csv", "--out", f"{r}/e"], "not a Statistical Cell"),
     "statcell coupling model missing": (lambda r: ["statcell", "coupling", "--target", f"{r}/nomodel", "--data", f"{r}/nocells.csv", "--out", f"{r}/e"], "not a cytogen model folder"),
+    # unsupervised cell segmentation
+    "segment cells translator as segmenter": (lambda r: ["segment", "cells", f"{r}/run/model", "--data", f"{r}/seg.csv", "--out", f"{r}/s"], "not a cell segmenter"),
+    "segment cells manifest without markers": (lambda r: ["segment", "cells", "--method", "propagate", "--data", f"{r}/good.csv", "--out", f"{r}/s"], "marker"),
+    "segment cells model missing": (lambda r: ["segment", "cells", "--data", f"{r}/seg.csv", "--out", f"{r}/s"], "model folder"),
+    "train cellseg on a manifest without markers": (lambda r: ["train", str(CONFIGS / "cellseg_consistency2d.yaml"), "--data", f"{r}/good.csv", "--out", f"{r}/cs"], "marker"),
+    "evaluate cells pred folder missing": (lambda r: ["evaluate", "cells", "--pred", f"{r}/nopred", "--truth", f"{r}/img", "--out", f"{r}/e"], "not found"),
     "statcell perturbation no embeddings": (lambda r: ["statcell", "perturbation", "--embeddings", f"{r}/noemb.csv", "--out", f"{r}/e", "--condition", "dose", "--control", "0"], "embeddings.csv"),
 }
 
