@@ -24,8 +24,13 @@ def _cmd_segment_cells(a: argparse.Namespace) -> None:
     if a.method == "propagate" and a.model is not None:
         raise CytogenError(f"segment cells: --method propagate uses no model, but {a.model!r} was given; "
                            "drop it, or use --method model")
+    from cytogen.config import parse_overrides
+
+    given = parse_overrides(a.set)
+    if set(given) - {"cellseg"}:
+        raise CytogenError(f"segment cells --set takes cellseg.KEY=VALUE only, got {sorted(given)}")
     s = segment_cells(a.model, a.data, a.out, method=a.method, split=a.split, markers_from=a.markers_from,
-                      threshold=a.threshold, batch_size=a.batch_size, progress=True)
+                      threshold=a.threshold, batch_size=a.batch_size, settings=given.get("cellseg"), progress=True)
     print(json.dumps({k: s[k] for k in ("out", "method", "n_fields", "n_cells", "marker_source", "seconds",
                                           "marker_errors") if k in s}, default=str))
 
@@ -59,6 +64,9 @@ def add_segment_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--threshold", type=float, default=None,
                    help="background below this cell probability (default: the model's recipe, 0.5)")
     c.add_argument("--batch-size", type=int, default=256, help="patches per model call")
+    c.add_argument("--set", action="append", metavar="cellseg.KEY=VALUE",
+                   help="marker / foreground setting over the model's (or the defaults for propagate), e.g. "
+                        "cellseg.nucleus_diameter_um=12: give the baseline the model's markers")
     c.set_defaults(func=_cmd_segment_cells)
 
 

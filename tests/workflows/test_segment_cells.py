@@ -219,3 +219,24 @@ def test_marker_errors_in_pixels_without_a_pixel_size(world, tmp_path):
     assert err["unit"] == "px" and "15 px" in err["note"]
     assert s["fields"][0]["pixel_size_um"] is None and read_image(tmp_path / "out" / "f.tif").pixel_size_um is None
     assert "15 px instead of um" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_marker_settings_override_takes_effect_and_training_settings_are_refused(world, tmp_path):
+    root, _ = world
+    m = root / "data" / "nuclei_only.csv"
+    base = segment_cells(None, m, tmp_path / "a", method="propagate", progress=False)
+    # blobs searched at three times the nucleus size, merged within 40 px: fewer markers
+    big = segment_cells(None, m, tmp_path / "b", method="propagate", progress=False,
+                        settings={"nucleus_diameter_px": 30.0, "min_distance_px": 40.0})
+    assert big["n_markers"] < base["n_markers"]
+    assert big["settings"]["min_distance_px"] == 40.0
+    with pytest.raises(CytogenError, match="cannot change after training"):
+        segment_cells(None, m, tmp_path / "c", method="propagate", progress=False, settings={"lam": 1.0})
+    with pytest.raises(CytogenError, match="must be > 0"):
+        segment_cells(None, m, tmp_path / "d", method="propagate", progress=False,
+                      settings={"nucleus_diameter_px": -1.0})
+    assert main(["segment", "cells", "--method", "propagate", "--data", str(m), "--out", str(tmp_path / "e"),
+                 "--set", "cellseg.nucleus_diameter_px=30", "--set", "cellseg.min_distance_px=40"]) == 0
+    assert json.loads((tmp_path / "e" / "summary.json").read_text())["n_markers"] == big["n_markers"]
+    assert main(["segment", "cells", "--method", "propagate", "--data", str(m), "--out", str(tmp_path / "f"),
+                 "--set", "train.max_steps=3"]) == 2

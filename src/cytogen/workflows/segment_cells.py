@@ -189,9 +189,32 @@ def _sections(summary: dict[str, Any], panels: list[OverlayPanel]) -> list[Secti
 
 
 # --------------------------------------------------------------------------------- main
+#: ``cellseg`` settings that may change at segmentation time (markers and foreground; the loss
+#: weights, patch and Gaussian are the model's).
+INFERENCE_KEYS = ("markers", "nucleus_diameter_px", "nucleus_diameter_um", "threshold_rel", "min_distance_px",
+                  "min_distance_um", "min_size_px", "min_size_um2", "kappa", "alpha")
+
+
+def _inference_settings(given: dict[str, Any] | None) -> dict[str, Any]:
+    """Validated marker / foreground overrides (types and ranges as in a recipe)."""
+    if not given:
+        return {}
+    bad = sorted(set(given) - set(INFERENCE_KEYS))
+    if bad:
+        raise CytogenError(f"segment cells: cellseg setting(s) {bad} cannot change after training; settable here: "
+                           f"{', '.join(INFERENCE_KEYS)}")
+    from dataclasses import asdict
+
+    from cytogen.config import recipe_from_dict
+
+    checked = recipe_from_dict({"cellseg": dict(given)}, "segment cells --set").cellseg
+    return {k: asdict(checked)[k] for k in given}
+
+
 def segment_cells(model_dir: str | Path | None, data: str | Path, out: str | Path, *, method: str = "model",
                   split: str | None = None, markers_from: str | None = None, threshold: float | None = None,
-                  batch_size: int = 256, progress: bool = True) -> dict[str, Any]:
+                  batch_size: int = 256, settings: dict[str, Any] | None = None,
+                  progress: bool = True) -> dict[str, Any]:
     """Segment the cells of every field of ``M.csv`` and write ``OUT/`` as one folder.
 
     Parameters
@@ -213,6 +236,10 @@ def segment_cells(model_dir: str | Path | None, data: str | Path, out: str | Pat
         Background below this cell probability (model; default: the model's ``cellseg.threshold``).
     batch_size
         Patches per model call.
+    settings
+        ``cellseg`` marker and foreground settings (keys of :data:`INFERENCE_KEYS`, e.g.
+        ``{"nucleus_diameter_um": 12}``) over the model's (method ``model``) or the defaults
+        (``propagate``): give the baseline the markers the model was trained with.
     progress
         One line per field on stderr.
 
@@ -241,7 +268,7 @@ def segment_cells(model_dir: str | Path | None, data: str | Path, out: str | Pat
     entries = _select(read_seg_manifest(data), split, data)
     _check_out(out, entries)
     runner = _ModelMethod(model_dir, int(batch_size)) if method == "model" else None
-    settings = runner.settings if runner else resolve_settings(None)
+    settings = {**(runner.settings if runner else resolve_settings(None)), **_inference_settings(settings)}
     thr = float(threshold) if threshold is not None else float(settings["threshold"])
     normalizer = runner.normalizer if runner else None
     rows: list[dict[str, Any]] = []
