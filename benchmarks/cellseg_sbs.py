@@ -65,9 +65,11 @@ def main() -> int:
     segment(model, m, work / "seg_hoechst", "model_hoechst_markers", split="test")
     segment(model, m_pred, work / "seg_pred", "model_translator_markers", split="test",
             markers_from="nucleus_model")
-    segment(None, m, work / "seg_prop_hoechst", "propagate_hoechst_markers", method="propagate", split="test")
+    same = {"nucleus_diameter_px": 12.0}  # the baseline gets the model's markers
+    segment(None, m, work / "seg_prop_hoechst", "propagate_hoechst_markers", method="propagate", split="test",
+            settings=same)
     segment(None, m_pred, work / "seg_prop_pred", "propagate_translator_markers", method="propagate",
-            split="test", markers_from="nucleus_model")
+            split="test", markers_from="nucleus_model", settings=same)
     rows = [
         score(work / "seg_pred", work / "seg_hoechst", work / "agree_markers",
               "model: translator vs Hoechst markers"),

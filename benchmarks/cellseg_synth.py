@@ -1,6 +1,6 @@
 """Unsupervised cell segmentation on cytogen's synthetic cells (exact masks: the accuracy figure).
 
-1. ``synthesize cells``: fields at 1 um/px (cells 20-45 px long), a share of them crowded
+1. ``synthesize cells``: fields at 0.5 um/px (cells 40-90 px long), a quarter of them crowded
    (touching cells), split train / val / test by field; ``segment.csv`` is the M.csv (source =
    actin, nuclei = nucleus channel, cells = exact masks).
 2. ``train configs/cellseg_consistency2d.yaml`` on the train fields (markers: DoG blobs of the
@@ -13,7 +13,7 @@
    false negatives / positives at 15 um against the real nucleus channel's markers.
 5. ``evaluate cells`` of each against the exact masks.
 
-    python benchmarks/cellseg_synth.py [--minutes 5] [--out DIR] [--n-fields 16]
+    python benchmarks/cellseg_synth.py [--minutes 5] [--out DIR] [--n-fields 16] [--pixel-size-um 0.5]
 """
 
 from __future__ import annotations
@@ -34,7 +34,10 @@ def main() -> int:
     ap.add_argument("--translator-minutes", type=float, default=3.0)
     ap.add_argument("--out", default=None, help="work folder (default: a temporary one)")
     ap.add_argument("--n-fields", type=int, default=16)
-    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--size", type=int, default=384, help="field size in pixels")
+    ap.add_argument("--pixel-size-um", type=float, default=0.5,
+                    help="0.5 (default): cells 40-90 px long, 96 px patches; 1.0: 20-45 px, 64 px patches")
+    ap.add_argument("--patch", type=int, default=96, help="segmenter patch size in pixels")
     ap.add_argument("--source", default="actin", choices=("actin", "actin+membrane"),
                     help="cell image channel(s) of M.csv")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="segmenter recipe override")
@@ -44,7 +47,7 @@ def main() -> int:
     work = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="cellseg_synth_"))
     work.mkdir(parents=True, exist_ok=True)
     write_synthetic_dataset(work / "synth", n_fields=a.n_fields, shape=(a.size, a.size), seed=0,
-                            pixel_size_um=1.0, crowded_fraction=0.25)
+                            pixel_size_um=a.pixel_size_um, crowded_fraction=0.25)
     m = work / "synth" / "segment.csv"
     rows = list(csv.DictReader(open(m)))
     if a.source == "actin+membrane":
@@ -56,18 +59,20 @@ def main() -> int:
     m_pred = write_rows(work / "synth" / "segment_predicted_markers.csv",
                         [{**r, "nucleus_model": str(work / "translator" / "model")} for r in rows])
     counts = {s: sum(r["split"] == s for r in rows) for s in ("train", "val", "test")}
-    emit({"step": "data", "fields": counts, "size": a.size, "pixel_size_um": 1.0, "source": a.source})
+    emit({"step": "data", "fields": counts, "size": a.size, "pixel_size_um": a.pixel_size_um, "source": a.source})
 
-    train_segmenter(m, work / "cellseg", a.minutes, a.set)
+    seg_set = [f"data.patch_size=[{a.patch},{a.patch}]", "cellseg.nucleus_diameter_um=12", *a.set]
+    train_segmenter(m, work / "cellseg", a.minutes, seg_set)
     train_translator(work / "synth" / "manifest.csv", work / "translator", a.translator_minutes,
                      ["data.patch_size=[128,128]"])
     results = []
     segment(work / "cellseg" / "model", m, work / "seg_model", "model", split="test")
-    segment(None, m, work / "seg_propagate", "propagate", method="propagate", split="test")
+    same = {"nucleus_diameter_um": 12.0}  # the baseline gets the model's markers
+    segment(None, m, work / "seg_propagate", "propagate", method="propagate", split="test", settings=same)
     segment(work / "cellseg" / "model", m_pred, work / "seg_model_pred", "model_predicted_markers",
             split="test", markers_from="nucleus_model")
     segment(None, m_pred, work / "seg_propagate_pred", "propagate_predicted_markers", method="propagate",
-            split="test", markers_from="nucleus_model")
+            split="test", markers_from="nucleus_model", settings=same)
     for label in ("model", "propagate", "model_pred", "propagate_pred"):
         results.append(score(work / f"seg_{label}", m, work / f"eval_{label}", label, split="test"))
     print(table(results))

@@ -120,7 +120,8 @@ def main() -> int:
         for method in ("model", "propagate"):
             out = work / f"seg_{method}_{label}"
             segment(run / "model" if method == "model" else None, m, out, f"{method}_{label}_markers",
-                    method=method, split="test", markers_from=source)
+                    method=method, split="test", markers_from=source,
+                    settings={"nucleus_diameter_um": 50.0, "min_distance_um": 25.0})
             results.append(score(out, m, work / f"eval_{method}_{label}", f"{method}, {label} markers",
                                  split="test"))
     print(table(results))
