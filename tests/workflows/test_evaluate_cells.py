@@ -69,7 +69,7 @@ def test_cli_writes_all_outputs_with_the_known_scores(world, capsys):
     expected = pool_cell_scores([cell_scores(world["truth"][n], world["pred"][n]) for n in names])
     for k in ("n_true", "n_pred", "n_matched", "miou_matched", "miou_all_true", "ap50", "f1_50", "pq50"):
         assert s[k] == pytest.approx(expected[k]), k
-    assert s["n_fields"] == 4 and s["truth_kind"] == "manual labels" and s["n_pred_unscored"] == 0
+    assert s["n_fields"] == 4 and s["truth_kind"] == "ground-truth labels" and s["n_pred_unscored"] == 0
     assert s["n_pred"] == s["n_true"] - 2  # one cell dropped, two merged into one
     assert 0.5 < s["miou_matched"] < 1 and s["miou_all_true"] < s["miou_matched"]
     assert len(s["ap"]) == len(s["thresholds"]) == 10 and s["ap"][0] == s["ap50"]

@@ -30,7 +30,7 @@ __all__ = ["OUTPUTS", "collect_cell_fields", "evaluate_cells", "read_labels"]
 
 OUTPUTS = ("cells_per_field.csv", "scores.csv", "summary.json", "ap_vs_iou.png", "report.html")
 LABEL_SUFFIXES = (".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr", ".png")
-TRUTH_KINDS = {"manifest": "manual labels", "folder": "another segmentation"}
+TRUTH_KINDS = {"manifest": "ground-truth labels", "folder": "another segmentation"}
 
 
 def _field_name(path: Path) -> str | None:
@@ -250,8 +250,8 @@ def evaluate_cells(pred: str | Path, truth: str | Path, out: str | Path, *,
         "per_field": [_field_row(f, s) for f, s in zip(fields, scored)],
         **info, "truth": str(truth), "pred": str(pred), "split": split,
         "report": str(out / "report.html"), "out": str(out),
-        "definitions": {**DEFINITIONS, "truth_kind": "manual labels: the 'cells' column of the M.csv; another "
-                        "segmentation: same-named label images of a folder (then the scores measure agreement, "
+        "definitions": {**DEFINITIONS, "truth_kind": "ground-truth labels: the 'cells' column of the M.csv "
+                        "(manual outlines or exact synthetic masks); another segmentation: same-named label images of a folder (then the scores measure agreement, "
                         "and precision / recall swap when the two folders swap)"},
     })
     out.parent.mkdir(parents=True, exist_ok=True)
