@@ -1,6 +1,6 @@
 """Unsupervised cell segmentation on cytogen's synthetic cells (exact masks: the accuracy figure).
 
-1. ``synthesize cells``: fields at 0.5 um/px (cells 40-90 px long), a quarter of them crowded
+1. ``synthesize cells``: fields at 1 um/px (cells 20-45 px long), a quarter of them crowded
    (touching cells), split train / val / test by field; ``segment.csv`` is the M.csv (source =
    actin, nuclei = nucleus channel, cells = exact masks).
 2. ``train configs/cellseg_consistency2d.yaml`` on the train fields (markers: DoG blobs of the
@@ -13,7 +13,7 @@
    false negatives / positives at 15 um against the real nucleus channel's markers.
 5. ``evaluate cells`` of each against the exact masks.
 
-    python benchmarks/cellseg_synth.py [--minutes 5] [--out DIR] [--n-fields 16] [--pixel-size-um 0.5]
+    python benchmarks/cellseg_synth.py [--minutes 10] [--out DIR] [--n-fields 16] [--pixel-size-um 1]
 """
 
 from __future__ import annotations
@@ -30,14 +30,15 @@ from _cellseg import score, segment, table, train_segmenter, train_translator, w
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--minutes", type=float, default=5.0, help="training budget of the segmenter")
+    ap.add_argument("--minutes", type=float, default=10.0, help="training budget of the segmenter")
     ap.add_argument("--translator-minutes", type=float, default=3.0)
     ap.add_argument("--out", default=None, help="work folder (default: a temporary one)")
     ap.add_argument("--n-fields", type=int, default=16)
-    ap.add_argument("--size", type=int, default=384, help="field size in pixels")
-    ap.add_argument("--pixel-size-um", type=float, default=0.5,
-                    help="0.5 (default): cells 40-90 px long, 96 px patches; 1.0: 20-45 px, 64 px patches")
-    ap.add_argument("--patch", type=int, default=96, help="segmenter patch size in pixels")
+    ap.add_argument("--size", type=int, default=256, help="field size in pixels")
+    ap.add_argument("--pixel-size-um", type=float, default=1.0,
+                    help="1.0 (default): cells 20-45 px long, 64 px patches (the paper's); at 0.5 or 0.75 "
+                         "the cells need 96-128 px patches and several times the training")
+    ap.add_argument("--patch", type=int, default=64, help="segmenter patch size in pixels")
     ap.add_argument("--source", default="actin", choices=("actin", "actin+membrane"),
                     help="cell image channel(s) of M.csv")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="segmenter recipe override")
