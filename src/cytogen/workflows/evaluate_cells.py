@@ -251,8 +251,9 @@ def evaluate_cells(pred: str | Path, truth: str | Path, out: str | Path, *,
         **info, "truth": str(truth), "pred": str(pred), "split": split,
         "report": str(out / "report.html"), "out": str(out),
         "definitions": {**DEFINITIONS, "truth_kind": "ground-truth labels: the 'cells' column of the M.csv "
-                        "(manual outlines or exact synthetic masks); another segmentation: same-named label images of a folder (then the scores measure agreement, "
-                        "and precision / recall swap when the two folders swap)"},
+                        "(manual outlines or exact synthetic masks); another segmentation: same-named label "
+                        "images of a folder (then the scores measure agreement, and precision / recall swap "
+                        "when the two folders swap)"},
     })
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(out) as tmp:
