@@ -4,8 +4,8 @@
 recorded, nuclei 8-16 px across). The cell image is the GFP channel; no manual labels exist, so
 the figures are marker errors and agreements between segmentations:
 
-1. Fields binned 2 x 2 (320 x 320; the cells, 40-100 px across, then fit the paper's 64 px
-   patches). M.csv: source = GFP, nuclei = Hoechst; rows A, C, E train the segmenter (unsupervised: no
+1. With ``--bin 2`` the fields are binned 2 x 2 first (the cells, 40-100 px across, then fit
+   the paper's 64 px patches; not yet measured). M.csv: source = GFP, nuclei = Hoechst; rows A, C, E train the segmenter (unsupervised: no
    labels, only markers and a graph-cut foreground), row G (12 fields) is segmented.
 2. A GFP -> Hoechst translator (``translate_unet2d``) trained on rows A, C, E (E01-E03 validate)
    predicts the Hoechst image of row G; blob detection on it gives the paper's synthetic markers
@@ -52,9 +52,9 @@ def main() -> int:
     ap.add_argument("--minutes", type=float, default=5.0, help="training budget of the segmenter")
     ap.add_argument("--translator-minutes", type=float, default=5.0)
     ap.add_argument("--out", default=None, help="work folder (default: a temporary one)")
-    ap.add_argument("--bin", type=int, default=2,
-                    help="bin fields BIN x BIN first (default 2: the 40-100 px cells then fit the paper's "
-                         "64 px patches; 1 leaves them cut by the patch)")
+    ap.add_argument("--bin", type=int, default=1,
+                    help="bin fields BIN x BIN first (2: the 40-100 px cells fit the paper's "
+                         "64 px patches; default 1, measured: the patches cut the cells)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="segmenter recipe override")
     a = ap.parse_args()
     if not DATA.is_dir():
