@@ -300,7 +300,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str, source: str) -> Any:
         else:
             kwargs[name] = _check_type(value, tp, where, source)
             choices = _choices(tuple(where.split(".")))
-            if choices is not None and kwargs[name] not in choices:
+            if choices is not None and kwargs[name] is not None and kwargs[name] not in choices:
                 raise CytogenError(
                     f"{source}: '{where}' is {kwargs[name]!r}; choose one of {sorted(choices)}"
                 )
