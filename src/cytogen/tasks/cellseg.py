@@ -32,7 +32,7 @@ import torch
 from cytogen.data.marker_patches import dihedral_batch, invert_dihedral_batch, random_codes
 from cytogen.errors import CytogenError
 from cytogen.losses.consistency import consistency_loss, consistency_terms
-from cytogen.tasks.common import GradClipMixin, build_generator, build_optimizer, check_finite, with_schedules
+from cytogen.tasks.common import GradClipMixin, build_generator, check_finite, configure_single
 from cytogen.tasks.layout import MemoryFormatMixin
 from cytogen.tasks.registry import register_task
 
@@ -170,8 +170,4 @@ class CellSegTask(GradClipMixin, MemoryFormatMixin, L.LightningModule):
         self._log_terms("val", terms, n, sync_dist=True)
 
     def configure_optimizers(self) -> Any:
-        opt = build_optimizer(self.parameters(), self.hparams.optim)
-        out = with_schedules([opt], self.hparams.optim, int(self.hparams.max_steps))
-        if isinstance(out, tuple):
-            return {"optimizer": opt, "lr_scheduler": out[1][0]}
-        return out
+        return configure_single(self)

@@ -111,6 +111,16 @@ def with_schedules(optimizers: list[torch.optim.Optimizer], cfg: dict[str, Any],
     return optimizers, scheds
 
 
+def configure_single(module: Any) -> Any:
+    """``configure_optimizers`` of a task with one optimiser: built from ``hparams.optim``, with
+    its per-step schedule over ``hparams.max_steps`` (Lightning's dict form when scheduled)."""
+    opt = build_optimizer(module.parameters(), module.hparams.optim)
+    out = with_schedules([opt], module.hparams.optim, int(module.hparams.max_steps))
+    if isinstance(out, tuple):
+        return {"optimizer": opt, "lr_scheduler": out[1][0]}
+    return out
+
+
 def clip_gradients_(optimizer: torch.optim.Optimizer, max_norm: float,
                     scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
     """Clip the gradients of ``optimizer``'s parameters to total L2 norm ``max_norm``, in place.

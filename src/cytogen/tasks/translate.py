@@ -11,10 +11,9 @@ from cytogen.losses import get_loss
 from cytogen.tasks.common import (
     GradClipMixin,
     build_generator,
-    build_optimizer,
     check_finite,
+    configure_single,
     pearson_per_sample,
-    with_schedules,
 )
 from cytogen.tasks.layout import MemoryFormatMixin
 from cytogen.tasks.registry import register_task
@@ -77,8 +76,4 @@ class TranslateTask(GradClipMixin, MemoryFormatMixin, L.LightningModule):
         self.log("val_pearson", pearson_per_sample(pred, batch["target"]).mean(), batch_size=n, sync_dist=True)
 
     def configure_optimizers(self) -> Any:
-        opt = build_optimizer(self.parameters(), self.hparams.optim)
-        out = with_schedules([opt], self.hparams.optim, int(self.hparams.max_steps))
-        if isinstance(out, tuple):
-            return {"optimizer": opt, "lr_scheduler": out[1][0]}
-        return out
+        return configure_single(self)

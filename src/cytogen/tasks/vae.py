@@ -24,7 +24,7 @@ import torch
 from cytogen.errors import CytogenError
 from cytogen.losses.elbo import beta_elbo_loss, check_beta, elbo_estimate, kl_per_dim, recon_sse
 from cytogen.models.vae import build_vae
-from cytogen.tasks.common import GradClipMixin, build_optimizer, check_finite, with_schedules
+from cytogen.tasks.common import GradClipMixin, check_finite, configure_single
 from cytogen.tasks.layout import MemoryFormatMixin
 from cytogen.tasks.registry import register_task
 
@@ -122,11 +122,7 @@ class StatCellTask(GradClipMixin, MemoryFormatMixin, L.LightningModule):
         self.log("val_kl", est["kl"].sum(1).mean(), batch_size=n, sync_dist=True)
 
     def configure_optimizers(self) -> Any:
-        opt = build_optimizer(self.parameters(), self.hparams.optim)
-        out = with_schedules([opt], self.hparams.optim, int(self.hparams.max_steps))
-        if isinstance(out, tuple):
-            return {"optimizer": opt, "lr_scheduler": out[1][0]}
-        return out
+        return configure_single(self)
 
 
 @register_task("statcell_reference")
