@@ -25,6 +25,7 @@ from cytogen.workflows.train_support import (  # noqa: F401  (read_loss_log, ...
     check_run_folder,
     check_task_uses,
     fused_optimizer,
+    optim_section,
     hold_out_fields,
     read_loss_log,
     run_fit,
@@ -156,9 +157,7 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
 
     arch = {"name": rec.model.name, "dims": dims, "in_channels": c_in, "out_channels": c_out,
             "kwargs": dict(rec.model.kwargs)}
-    optim = {"name": rec.optim.name, "lr": rec.optim.lr, "weight_decay": rec.optim.weight_decay,
-             "betas": rec.optim.betas, "scheduler": rec.optim.scheduler, "warmup_steps": rec.optim.warmup_steps,
-             "fused": fused_optimizer(settings)}
+    optim = optim_section(rec, settings)
     task = build_task(rec.task, model=arch, optim=optim, gan=asdict(rec.gan),
                       discriminator={"name": rec.discriminator.name, "kwargs": dict(rec.discriminator.kwargs)},
                       loss={"name": rec.loss.name, "alpha": rec.loss.alpha},

@@ -31,7 +31,7 @@ from cytogen.predict.model_folder import save_statcell_folder
 from cytogen.tasks import TASKS
 from cytogen.workflows.train_support import (
     check_run_folder,
-    fused_optimizer,
+    optim_section,
     hold_out_fields,
     read_loss_log,
     run_fit,
@@ -198,9 +198,7 @@ def train_cells(rec: Recipe, data: Path, out: Path, *, resume: bool = False, pro
     train_dl = ResumableLoader(train_ds, sampler=sampler, drop_last=True, **loader_kw)
     val_dl = DataLoader(val_ds, shuffle=False, **loader_kw)
 
-    optim = {"name": rec.optim.name, "lr": rec.optim.lr, "weight_decay": rec.optim.weight_decay,
-             "betas": rec.optim.betas, "scheduler": rec.optim.scheduler, "warmup_steps": rec.optim.warmup_steps,
-             "fused": fused_optimizer(settings)}
+    optim = optim_section(rec, settings)
     arch = _architecture(rec, cells, rec.task)
     task = TASKS.build(rec.task, model=arch, optim=optim, vae=asdict(rec.vae), max_steps=rec.train.max_steps,
                        grad_clip=rec.train.grad_clip)

@@ -40,7 +40,7 @@ from cytogen.workflows.cellseg_inputs import SegInputs, patch_sigma_px, prepare_
 from cytogen.workflows.train import channel_names
 from cytogen.workflows.train_support import (
     check_run_folder,
-    fused_optimizer,
+    optim_section,
     read_loss_log,
     run_fit,
     runtime_for,
@@ -254,9 +254,7 @@ def train_cellseg(rec: Recipe, data: Path, out: Path, *, resume: bool = False, p
 
     arch = {"name": rec.model.name, "dims": rec.model.dims, "in_channels": c_in + 1, "out_channels": 1,
             "kwargs": {**dict(rec.model.kwargs), "final_activation": None}}
-    optim = {"name": rec.optim.name, "lr": rec.optim.lr, "weight_decay": rec.optim.weight_decay,
-             "betas": rec.optim.betas, "scheduler": rec.optim.scheduler, "warmup_steps": rec.optim.warmup_steps,
-             "fused": fused_optimizer(settings)}
+    optim = optim_section(rec, settings)
     task = TASKS.build(rec.task, model=arch, optim=optim, cellseg=asdict(c), max_steps=rec.train.max_steps,
                        grad_clip=rec.train.grad_clip, augment=rec.data.augment, seed=rec.train.seed)
     check_spatial_size(task.generator(), patch, "data.patch_size")

@@ -353,6 +353,13 @@ class FitResult:
     digests: list[str]
 
 
+def optim_section(rec: Any, settings: RuntimeSettings) -> dict[str, Any]:
+    """The recipe's ``optim`` section as a task takes it (with ``fused`` from the runtime)."""
+    o = rec.optim
+    return {"name": o.name, "lr": o.lr, "weight_decay": o.weight_decay, "betas": o.betas,
+            "scheduler": o.scheduler, "warmup_steps": o.warmup_steps, "fused": fused_optimizer(settings)}
+
+
 def run_fit(rec: Any, settings: RuntimeSettings, task: L.LightningModule, train_dl: Any, val_dl: Any,
             sampler: EpochSampler, out: Path, last: Path, *, resume: bool, progress: bool, source: str,
             val_source: str, monitor: str, mode: str) -> FitResult:
