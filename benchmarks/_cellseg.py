@@ -62,7 +62,8 @@ def score(pred: Path, truth: Path, out: Path, label: str, **kw: Any) -> dict:
 
     s = evaluate_cells(pred, truth, out, **kw)
     row = {"result": label, "n_fields": s["n_fields"], "n_true": s["n_true"], "n_pred": s["n_pred"],
-           "miou_matched": s["miou_matched"], "miou_all_true": s.get("miou_all_true"), "ap50": s["ap50"],
+           "miou_matched": s["miou_matched"], "miou_foreground_only": s["miou_foreground_only"],
+           "miou_all_true": s.get("miou_all_true"), "ap50": s["ap50"],
            "f1_50": s["f1_50"], "pq50": s["pq50"], "truth_kind": s.get("truth_kind")}
     emit({"step": "evaluate", **row})
     return row
@@ -70,7 +71,7 @@ def score(pred: Path, truth: Path, out: Path, label: str, **kw: Any) -> dict:
 
 def table(rows: list[dict[str, Any]]) -> str:
     """A Markdown table of :func:`score` rows."""
-    keys = ("result", "n_fields", "n_true", "n_pred", "miou_matched", "miou_all_true", "ap50", "f1_50", "pq50")
+    keys = ("result", "n_fields", "n_true", "n_pred", "miou_matched", "miou_foreground_only", "miou_all_true", "ap50", "f1_50", "pq50")
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for r in rows:
         lines.append("| " + " | ".join(f"{r.get(k):.3f}" if isinstance(r.get(k), float) else str(r.get(k))

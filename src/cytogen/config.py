@@ -124,7 +124,9 @@ class CellSegConfig:
     Markers: ``markers`` (dog, log: blob
     detection; segment: nucleus segmentation centroids) with the nucleus diameter, minimum
     distance and size (px, or um when the pixel size is known). Foreground: graph cut with the
-    cut penalty ``kappa`` and the prior ``alpha`` (None: estimated from the area covered).
+    cut penalty ``kappa`` and the prior ``alpha`` (None: estimated from the area covered), of the
+    cell image smoothed by a Gaussian of ``foreground_sigma_px`` pixels (``foreground_sigma_um``
+    wins when the pixel size is known; 0 = no smoothing; not used with scribbles or a mask).
     ``areas_per_epoch``: training batches per epoch.
     """
 
@@ -146,6 +148,8 @@ class CellSegConfig:
     min_size_um2: float | None = None
     kappa: float | None = None
     alpha: float | None = None
+    foreground_sigma_px: float = 1.0
+    foreground_sigma_um: float | None = None
     areas_per_epoch: int = 64
 
 
@@ -414,6 +418,9 @@ def _check_cellseg(c: CellSegConfig, source: str) -> None:
         raise CytogenError(f"{source}: cellseg.alpha is {c.alpha}; it must be in (0, 1) or null (estimated)")
     if c.kappa is not None and c.kappa < 0:
         raise CytogenError(f"{source}: cellseg.kappa is {c.kappa}; it must be >= 0 or null (the default)")
+    for key, value in (("foreground_sigma_px", c.foreground_sigma_px), ("foreground_sigma_um", c.foreground_sigma_um)):
+        if value is not None and not value >= 0:
+            raise CytogenError(f"{source}: cellseg.{key} is {value}; it must be >= 0 (0: no smoothing)")
     if c.area < 1 or c.areas_per_epoch < 1:
         raise CytogenError(f"{source}: cellseg.area and cellseg.areas_per_epoch must be >= 1")
 

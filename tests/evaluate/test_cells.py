@@ -45,6 +45,27 @@ def test_known_shift_gives_the_computed_iou():
     assert s["pq50"] == pytest.approx(expected)
 
 
+def test_foreground_only_separates_mask_errors_from_division_errors():
+    # a perfect mask wrongly divided: the two upper boxes as one cell, the lower ones swapped halves
+    merged = TRUTH.copy()
+    merged[TRUTH == 2] = 1
+    s = cell_scores(TRUTH, merged)
+    assert s["miou_foreground_only"] == 1.0 and s["miou_matched"] < 1.0
+    # the right division of a mask grown by one pixel column on the right of every box:
+    # IoU = 100/110 for the 10-wide boxes and 200/210 for the 20-wide ones
+    grown = TRUTH.copy()
+    grown[:, 1:][(TRUTH[:, :-1] > 0) & (TRUTH[:, 1:] == 0)] = TRUTH[:, :-1][(TRUTH[:, :-1] > 0) & (TRUTH[:, 1:] == 0)]
+    s = cell_scores(TRUTH, grown)
+    expected = (2 * 100 / 110 + 2 * 200 / 210) / 4
+    assert s["miou_foreground_only"] == pytest.approx(expected) == s["miou_matched"]
+    # pooled: the IoU sums and counts add over fields
+    p = pool_cell_scores([cell_scores(TRUTH, merged), cell_scores(TRUTH, grown)])
+    assert p["miou_foreground_only"] == pytest.approx((4 + 4 * expected) / 8)
+    empty = np.zeros_like(TRUTH)
+    assert cell_scores(empty, empty)["miou_foreground_only"] == 1.0
+    assert cell_scores(empty, TRUTH)["miou_foreground_only"] == 0.0
+
+
 def test_split_cell_gives_one_false_positive_and_merge_one_false_negative():
     # split: true cell 3 (10 x 20) cut into two 10 x 10 halves -> one half matched (IoU 0.5)
     split = TRUTH.copy()

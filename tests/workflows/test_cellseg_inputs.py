@@ -75,6 +75,14 @@ def test_nuclei_markers_graph_cut_foreground_and_normalised_image(field):
     assert inp.foreground[m[:, 0], m[:, 1]].mean() >= foreground_mask(raw)[m[:, 0], m[:, 1]].mean()
     fg = prepare_inputs(e, {"kappa": 0.0, "alpha": 0.3, "nucleus_diameter_um": 8.0}).foreground
     np.testing.assert_array_equal(fg, foreground_mask(raw, kappa=0.0, alpha=0.3, max_hole_px=hole))
+    # the smoothing of the intensity route takes effect, in um when the pixel size is known (1 um/px)
+    for given, sigma in (({"foreground_sigma_px": 0.0}, 0.0), ({"foreground_sigma_um": 2.5}, 2.5)):
+        fg = prepare_inputs(e, {**given, "nucleus_diameter_um": 8.0}).foreground
+        np.testing.assert_array_equal(fg, foreground_mask(raw, sigma_px=sigma, max_hole_px=hole))
+    assert not np.array_equal(foreground_mask(raw, sigma_px=0.0, max_hole_px=hole),
+                              foreground_mask(raw, sigma_px=2.5, max_hole_px=hole))
+    with pytest.raises(CytogenError, match="foreground_sigma_px"):
+        prepare_inputs(e, {"foreground_sigma_px": -1.0})
     np.testing.assert_array_equal(inp.truth, f.cells)
     assert inp.raw.data.dtype == np.uint16  # the source as read, not normalised
 

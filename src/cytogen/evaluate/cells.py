@@ -14,6 +14,10 @@ Definitions (``S`` = sum of the IoU over matched pairs):
 - ``miou_all_true`` = ``S / n_true``: the same sum over every true cell, an unmatched one counting
   0 (stricter: missed cells lower it).
 - ``miou_matched50``: the mean IoU of the pairs matched at IoU >= 0.5 (``sq`` at 0.5).
+- ``miou_foreground_only``: ``miou_matched`` of the predicted cell area (the union of the
+  predicted cells) divided among the true cells by the nearest true cell: the score the
+  prediction would have with its foreground errors alone and a perfect division between touching
+  cells. ``miou_matched`` far below it = cells divided badly; it low itself = the mask is wrong.
 - per IoU threshold ``t`` (default 0.5, 0.55, ..., 0.95): ``precision, recall, f1, ap, pq`` of
   :func:`cytogen.evaluate.instances.instance_scores` (``ap = tp / (tp + fp + fn)``, the DSB 2018
   / StarDist "average precision").
@@ -46,6 +50,8 @@ DEFINITIONS = {
     "miou_all_true": "sum of the IoUs of the matched cells / number of true cells (an unmatched true "
                      "cell counts 0)",
     "miou_matched50": "mean IoU of the pairs matched at IoU >= 0.5 (sq at 0.5)",
+    "miou_foreground_only": "miou_matched of the predicted cell area (union of the predicted cells) given "
+                            "pixel by pixel to the nearest true cell: the foreground errors alone",
     "miou_matched_ci95": "95 % percentile bootstrap interval of the pooled miou_matched, resampling "
                          "fields with replacement (2000 draws, seed 0); null with fewer than 2 fields",
     "tp/fp/fn at t": "true cells and predicted cells paired one-to-one with IoU >= t (maximal total "
@@ -106,7 +112,8 @@ def cell_scores(truth: np.ndarray, pred: np.ndarray, thresholds=DEFAULT_THRESHOL
     -------
     dict
         ``n_true, n_pred, n_matched, sum_iou_matched, miou_matched, miou_all_true,
-        miou_matched50`` (None when 0.5 is not a threshold), ``matched_iou`` (float64 array of
+        miou_matched50`` (None when 0.5 is not a threshold), ``miou_foreground_only`` (with its
+        ``sum_iou_foreground_only`` and ``n_matched_foreground_only``), ``matched_iou`` (float64 array of
         the matched pairs' IoUs), ``scores`` (one :func:`instance_scores` dict per threshold) and
         ``precision<k>, recall<k>, f1_<k>, ap<k>, pq<k>`` for each threshold (``k`` =
         :func:`threshold_key`, e.g. ``ap50``).
@@ -125,7 +132,25 @@ def cell_scores(truth: np.ndarray, pred: np.ndarray, thresholds=DEFAULT_THRESHOL
         "matched_iou": matched, "scores": scores,
     }
     out.update(_threshold_columns(scores))
+    out.update(_foreground_only(truth, pred))
     return out
+
+
+def _foreground_only(truth: np.ndarray, pred: np.ndarray) -> dict:
+    """IoU sum and count of the predicted area divided among the true cells by the nearest one."""
+    from scipy import ndimage as ndi
+
+    truth = np.asarray(truth)
+    if not truth.any():
+        return {"sum_iou_foreground_only": 0.0, "n_matched_foreground_only": 0,
+                "miou_foreground_only": 1.0 if not np.asarray(pred).any() else 0.0}
+    _, idx = ndi.distance_transform_edt(truth == 0, return_indices=True)
+    divided = np.where(np.asarray(pred) != 0, truth[tuple(idx)], 0)
+    _, _, table = iou_table(truth, divided)
+    r, c = match_instances(table, ANY_OVERLAP)
+    total = float(table[r, c].sum())
+    return {"sum_iou_foreground_only": total, "n_matched_foreground_only": len(r),
+            "miou_foreground_only": _ratio(total, len(r), False)}
 
 
 def _index_of(scores: list[dict], threshold: float) -> int | None:
@@ -172,7 +197,7 @@ def pool_cell_scores(fields: list[dict], *, n_boot: int = 2000, seed: int = 0) -
     -------
     dict
         ``n_fields, n_true, n_pred, n_matched, miou_matched, miou_matched_ci95, miou_all_true,
-        miou_matched50, miou_matched_field_mean, miou_matched_field_sd`` (over fields with a
+        miou_matched50, miou_foreground_only, miou_matched_field_mean, miou_matched_field_sd`` (over fields with a
         match), ``ap50_ci95``, ``thresholds``, ``ap, f1, pq, precision, recall`` (lists per
         threshold), ``scores`` (pooled rows of :func:`aggregate_scores`) and
         ``precision<k>, recall<k>, f1_<k>, ap<k>, pq<k>`` per threshold.
@@ -194,6 +219,8 @@ def pool_cell_scores(fields: list[dict], *, n_boot: int = 2000, seed: int = 0) -
                                               n_boot, seed),
         "miou_all_true": _ratio(total, n_true, empty),
         "miou_matched50": _miou50(scores),
+        "miou_foreground_only": _ratio(sum(f["sum_iou_foreground_only"] for f in fields),
+                                       sum(f["n_matched_foreground_only"] for f in fields), empty),
         "miou_matched_field_mean": float(per_field.mean()) if per_field.size else None,
         "miou_matched_field_sd": float(per_field.std(ddof=1)) if per_field.size > 1 else None,
         "thresholds": [s["threshold"] for s in scores],

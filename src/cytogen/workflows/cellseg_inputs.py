@@ -74,13 +74,17 @@ class SegInputs:
 
 
 def resolve_settings(settings: dict[str, Any] | None) -> dict[str, Any]:
-    """The ``cellseg`` section with every key: ``settings`` over :class:`CellSegConfig` defaults."""
+    """The ``cellseg`` section with every key: ``settings`` over :class:`CellSegConfig` defaults,
+    types and ranges checked as in a recipe."""
+    from cytogen.config import recipe_from_dict
+
     base = dataclasses.asdict(CellSegConfig())
     given = dict(settings or {})
     unknown = sorted(set(given) - set(base))
     if unknown:
         raise CytogenError(f"cellseg settings: unknown key(s) {unknown}; known: {sorted(base)}")
-    return {**base, **given}
+    checked = dataclasses.asdict(recipe_from_dict({"cellseg": given}, "cellseg settings").cellseg)
+    return {**base, **{k: checked[k] for k in given}}
 
 
 def marker_settings(settings: dict[str, Any], pixel_size_um: tuple[float, ...] | None) -> dict[str, Any]:
@@ -209,7 +213,16 @@ def _foreground(entry: SegEntry, raw: Image, settings: dict[str, Any]) -> tuple[
                                    **holes), "scribbles"
         except CytogenError as exc:
             raise CytogenError(f"field {entry.name!r}, column 'scribbles' ({entry.scribbles}): {exc}") from None
-    return foreground_mask(image, alpha=settings["alpha"], kappa=kappa, **holes), "graph_cut"
+    return foreground_mask(image, alpha=settings["alpha"], kappa=kappa, sigma_px=_foreground_sigma_px(settings, raw),
+                           **holes), "graph_cut"
+
+
+def _foreground_sigma_px(settings: dict[str, Any], raw: Image) -> float:
+    """Smoothing of the intensity route: ``foreground_sigma_um`` / pixel size when both are known."""
+    ps = raw.pixel_size_um
+    if settings.get("foreground_sigma_um") is not None and ps:
+        return float(settings["foreground_sigma_um"]) / float(ps[-1])
+    return float(settings["foreground_sigma_px"])
 
 
 def _max_hole_px(settings: dict[str, Any], raw: Image) -> float:

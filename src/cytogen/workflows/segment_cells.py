@@ -192,7 +192,8 @@ def _sections(summary: dict[str, Any], panels: list[OverlayPanel]) -> list[Secti
 #: ``cellseg`` settings that may change at segmentation time (markers and foreground; the loss
 #: weights, patch and Gaussian are the model's).
 INFERENCE_KEYS = ("markers", "nucleus_diameter_px", "nucleus_diameter_um", "threshold_rel", "min_distance_px",
-                  "min_distance_um", "min_size_px", "min_size_um2", "kappa", "alpha")
+                  "min_distance_um", "min_size_px", "min_size_um2", "kappa", "alpha", "foreground_sigma_px",
+                  "foreground_sigma_um")
 
 
 def _inference_settings(given: dict[str, Any] | None) -> dict[str, Any]:
