@@ -68,7 +68,14 @@ def main() -> int:
                      ["data.patch_size=[128,128]"])
     results = []
     segment(work / "cellseg" / "model", m, work / "seg_model", "model", split="test")
-    same = {"nucleus_diameter_um": 12.0}  # the baseline gets the model's markers
+    # the baseline gets the model's markers and foreground (the foreground settings given to --set)
+    from cytogen.workflows.segment_cells import INFERENCE_KEYS
+    import yaml
+    same = {"nucleus_diameter_um": 12.0}
+    for item in a.set:
+        key, _, value = item.partition("=")
+        if key.startswith("cellseg.") and key[8:] in INFERENCE_KEYS:
+            same[key[8:]] = yaml.safe_load(value)
     segment(None, m, work / "seg_propagate", "propagate", method="propagate", split="test", settings=same)
     segment(work / "cellseg" / "model", m_pred, work / "seg_model_pred", "model_predicted_markers",
             split="test", markers_from="nucleus_model")

@@ -77,7 +77,8 @@ def test_cli_output_format_ome_zarr_for_a_tiff_input(setup, tmp_path):
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["f.ome.zarr", "runtime.json"]
     assert main(["predict", str(root / "model"), str(root / "in" / "f.ome.zarr"), "--out",
                  str(tmp_path / "t"), "--output-format", "tif", "--no-fast"]) == 0
-    np.testing.assert_allclose(read_image(tmp_path / "t" / "f.tif").data, ref, rtol=1e-6)
+    # float32 convolutions of other batch sizes differ in the last bits (AMD EPYC: 5e-5 of 25)
+    np.testing.assert_allclose(read_image(tmp_path / "t" / "f.tif").data, ref, atol=1e-5 * float(ref.max() - ref.min()))
 
 
 class OOMAbove(torch.nn.Module):
@@ -101,7 +102,8 @@ def test_out_of_memory_falls_back_to_a_smaller_tile(setup, tmp_path):
     messages = [str(w.message) for w in record]
     assert sum("again with tile" in m for m in messages) == 2  # 256 -> 128 -> 64
     assert "again with tile (64, 64)" in messages[-1]
-    np.testing.assert_array_equal(got, ref)  # exactly the run with tile 64
+    # the run with tile 64 (to the last bits: float32 batches of other sizes differ there on some CPUs)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6 * float(ref.max() - ref.min()))
     direct = predict_image(model, image, tile=(256, 256), settings=PLAIN)  # tiling differs only near seams
     assert np.abs(got - direct).mean() < 0.002 * float(direct.max() - direct.min())
     assert np.corrcoef(got.ravel(), direct.ravel())[0, 1] > 0.999
