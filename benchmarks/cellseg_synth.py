@@ -69,13 +69,11 @@ def main() -> int:
     results = []
     segment(work / "cellseg" / "model", m, work / "seg_model", "model", split="test")
     # the baseline gets the model's markers and foreground (the foreground settings given to --set)
+    from cytogen.config import parse_overrides
     from cytogen.workflows.segment_cells import INFERENCE_KEYS
-    import yaml
-    same = {"nucleus_diameter_um": 12.0}
-    for item in a.set:
-        key, _, value = item.partition("=")
-        if key.startswith("cellseg.") and key[8:] in INFERENCE_KEYS:
-            same[key[8:]] = yaml.safe_load(value)
+
+    given = parse_overrides(a.set).get("cellseg", {})
+    same = {"nucleus_diameter_um": 12.0, **{k: v for k, v in given.items() if k in INFERENCE_KEYS}}
     segment(None, m, work / "seg_propagate", "propagate", method="propagate", split="test", settings=same)
     segment(work / "cellseg" / "model", m_pred, work / "seg_model_pred", "model_predicted_markers",
             split="test", markers_from="nucleus_model")

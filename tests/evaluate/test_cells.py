@@ -46,7 +46,7 @@ def test_known_shift_gives_the_computed_iou():
 
 
 def test_foreground_only_separates_mask_errors_from_division_errors():
-    # a perfect mask wrongly divided: the two upper boxes as one cell, the lower ones swapped halves
+    # a perfect mask wrongly divided: the two upper boxes as one cell
     merged = TRUTH.copy()
     merged[TRUTH == 2] = 1
     s = cell_scores(TRUTH, merged)
