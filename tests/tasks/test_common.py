@@ -8,7 +8,7 @@ import torch
 
 from cytogen.errors import CytogenError
 from cytogen.tasks import TASKS, build_task, register_task
-from cytogen.tasks.common import build_optimizer, clip_gradients_
+from cytogen.tasks.common import GradClipMixin, NonFiniteLossError, build_optimizer, clip_gradients_
 
 ARCH = {"name": "unet", "dims": 2, "in_channels": 1, "out_channels": 1,
         "kwargs": {"depth": 1, "base_channels": 2}}
@@ -99,6 +99,31 @@ def test_clipping_without_scaler_and_already_unscaled_grads():
     clip_gradients_(opt, max_norm=10 * n0)  # a loose bound leaves them alone
     assert float(p.grad.norm()) == pytest.approx(n0 / 4, rel=1e-5)
 
+
+
+def _hook_owner(grad_clip, scaler=None):
+    from types import SimpleNamespace
+
+    owner = GradClipMixin()
+    owner.hparams = {"grad_clip": grad_clip}
+    owner.trainer = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=scaler), global_step=7)
+    return owner
+
+
+@pytest.mark.parametrize("grad_clip", [None, 1.0])
+def test_a_nan_gradient_behind_a_finite_loss_stops_before_the_step(grad_clip):
+    w = torch.nn.Parameter(torch.zeros(3))
+    loss = w.sqrt().sum()  # finite loss (0), infinite gradient at 0
+    assert torch.isfinite(loss)
+    loss.backward()
+    opt = torch.optim.SGD([w], lr=0.1)
+    with pytest.raises(NonFiniteLossError) as info:
+        _hook_owner(grad_clip).on_before_optimizer_step(opt)
+    assert info.value.step == 7 and "gradient" in info.value.name
+    w.grad = torch.ones(3)  # finite gradients pass
+    _hook_owner(grad_clip).on_before_optimizer_step(opt)
+    w.grad = torch.full((3,), float("inf"))  # 16-mixed: the GradScaler owns inf gradients (skips the step)
+    _hook_owner(None, scaler=torch.amp.GradScaler("cpu")).on_before_optimizer_step(opt)
 
 def test_registered_task_is_built_and_accepted_by_recipes():
     from cytogen.config import recipe_from_dict

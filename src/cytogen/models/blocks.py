@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from cytogen.models.protocol import check_generator_input
+from cytogen.models.safe_conv import Conv3d
 
 __all__ = [
     "ACTIVATIONS",
@@ -41,9 +42,10 @@ def _check_dims(dims: int) -> None:
 
 
 def conv_nd(dims: int) -> type[nn.Module]:
-    """Return ``nn.Conv2d`` or ``nn.Conv3d``."""
+    """Return ``nn.Conv2d`` or :class:`~cytogen.models.safe_conv.Conv3d` (``nn.Conv3d`` that
+    avoids a CPU bf16 weight-gradient fault on thin inputs)."""
     _check_dims(dims)
-    return nn.Conv2d if dims == 2 else nn.Conv3d
+    return nn.Conv2d if dims == 2 else Conv3d
 
 
 def conv_transpose_nd(dims: int) -> type[nn.Module]:

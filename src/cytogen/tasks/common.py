@@ -146,11 +146,19 @@ class GradClipMixin:
     Lightning's own ``gradient_clip_val`` refuses fused optimisers under mixed precision and
     cannot be used with manual optimisation; this hook runs after Lightning's unscaling (or
     unscales itself where Lightning leaves it to a fused optimiser), so it clips correctly
-    under 32, bf16-mixed and 16-mixed.
+    under 32, bf16-mixed and 16-mixed. Under 32 and bf16-mixed it also stops training
+    (:class:`NonFiniteLossError`) before a step whose gradient norm is NaN or infinite.
     """
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         value = self.hparams.get("grad_clip")  # type: ignore[attr-defined]
-        if value:
-            scaler = getattr(self.trainer.precision_plugin, "scaler", None)  # type: ignore[attr-defined]
-            clip_gradients_(optimizer, float(value), scaler)
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)  # type: ignore[attr-defined]
+        norm = clip_gradients_(optimizer, float(value), scaler) if value else None
+        if scaler is not None and scaler.is_enabled():
+            return  # 16-mixed: the GradScaler skips steps with inf/NaN gradients by design
+        if norm is None:
+            grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads) if grads else None
+        if norm is not None and not torch.isfinite(norm):
+            # a finite loss with a NaN gradient would otherwise spread NaN into the weights silently
+            raise NonFiniteLossError(int(self.trainer.global_step), "gradient norm", float(norm))  # type: ignore[attr-defined]
