@@ -43,6 +43,9 @@ class DataConfig:
     augment: bool = True
     foreground_bias: float = 0.5
     num_workers: int = -1
+    #: The source is an instance label image spread over binary channels (masks -> images):
+    #: ``{channels: 4, gap_px: 2, merged: false, rearrange: true, seed: 0}``; null: an image.
+    mask_channels: dict[str, Any] | None = None
 
 
 @dataclass
@@ -385,6 +388,13 @@ def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
         raise CytogenError(f"{source}: vae.elbo_samples is {recipe.vae.elbo_samples}; it must be >= 1 "
                            "(the paper averages 10 samples)")
     _check_cellseg(recipe.cellseg, source)
+    if recipe.data.mask_channels:
+        from cytogen.data.masks import MaskChannels
+
+        try:
+            MaskChannels.from_dict(recipe.data.mask_channels)
+        except (CytogenError, TypeError, ValueError) as exc:
+            raise CytogenError(f"{source}: {exc}") from None
     if recipe.data.num_workers < -1:
         raise CytogenError(f"{source}: data.num_workers must be >= 0, or -1 to choose automatically")
     if recipe.train.num_nodes < 1:

@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 
 from cytogen.data.augment import random_dihedral
 from cytogen.data.manifest import FieldEntry
+from cytogen.data.masks import MaskChannels, assign_channels, check_label_image, spread
 from cytogen.data.normalize import Normalizer
 from cytogen.data.patches import crop, foreground_coords, sample_corner
 from cytogen.errors import CytogenError
@@ -38,6 +39,8 @@ class Field:
     target: np.ndarray | None
     mask: np.ndarray | None  # (1, ...) float32 in {0, 1}
     fg_index: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    #: label -> channel of a label-image source whose arrangement is fixed (no re-arrangement)
+    assignment: dict[int, int] | None = None
 
 
 def _read_stack(specs: list[str], what: str, name: str) -> Image:
@@ -48,9 +51,15 @@ def _read_stack(specs: list[str], what: str, name: str) -> Image:
         raise CytogenError(f"field {name!r}, {what}: {exc}") from exc
 
 
-def read_field(entry: FieldEntry, *, require_target: bool = True) -> RawField:
-    """Read the source, target and mask images of a manifest row and check they agree."""
+def read_field(entry: FieldEntry, *, require_target: bool = True, source_labels: bool = False) -> RawField:
+    """Read the source, target and mask images of a manifest row and check they agree
+    (``source_labels``: the source must be one instance label image, for ``data.mask_channels``)."""
     src = _read_stack(entry.source, "source", entry.name)
+    if source_labels:
+        try:
+            src.data = check_label_image(src.data, f"field {entry.name!r}, source {';'.join(entry.source)}")[None]
+        except CytogenError as exc:
+            raise CytogenError(f"{exc} (the recipe's data.mask_channels spreads a label image over channels)") from None
     tgt = None
     if entry.target:
         tgt = _read_stack(entry.target, "target", entry.name)
@@ -95,8 +104,14 @@ def otsu_mask(target: np.ndarray, sigma: float = 1.0) -> np.ndarray:
 
 
 def prepare_fields(raw: list[RawField], src_norm: Normalizer, tgt_norm: Normalizer,
-                   patch_size: tuple[int, ...], *, mask_mode: str = "auto") -> list[Field]:
-    """Normalise raw fields, derive masks and foreground indices (fields must hold a patch)."""
+                   patch_size: tuple[int, ...], *, mask_mode: str = "auto",
+                   encoder: MaskChannels | None = None) -> list[Field]:
+    """Normalise raw fields, derive masks and foreground indices (fields must hold a patch).
+
+    With an ``encoder`` the source is a label image, kept as labels (spread over channels per
+    patch by :class:`RandomPatches`); without re-arrangement each field gets its one fixed
+    arrangement here.
+    """
     out = []
     for rf in raw:
         small = [s for s, p in zip(rf.source.spatial_shape, patch_size) if s < p]
@@ -105,7 +120,7 @@ def prepare_fields(raw: list[RawField], src_norm: Normalizer, tgt_norm: Normaliz
                 f"field {rf.name!r} is {rf.source.spatial_shape} but data.patch_size is {list(patch_size)}; "
                 "lower data.patch_size (e.g. --set data.patch_size=[64,64]) or use larger fields"
             )
-        src = src_norm.normalize(rf.source.data)
+        src = rf.source.data if encoder is not None else src_norm.normalize(rf.source.data)
         tgt = tgt_norm.normalize(rf.target.data) if rf.target is not None else None
         if rf.mask is not None:
             mask = rf.mask
@@ -118,7 +133,14 @@ def prepare_fields(raw: list[RawField], src_norm: Normalizer, tgt_norm: Normaliz
             mask = otsu_mask(tgt) if tgt is not None else None
         mask_arr = mask[None].astype(np.float32) if mask is not None else None
         fg = foreground_coords(mask_arr[0] > 0) if mask_arr is not None else np.zeros(0, np.int64)
-        out.append(Field(rf.name, src, tgt, mask_arr, fg))
+        fixed = None
+        if encoder is not None and not encoder.rearrange:
+            try:
+                fixed = assign_channels(src[0], encoder.channels, encoder.gap_px,
+                                        rng=np.random.default_rng(encoder.seed))
+            except CytogenError as exc:
+                raise CytogenError(f"field {rf.name!r}, source: {exc}") from None
+        out.append(Field(rf.name, src, tgt, mask_arr, fg, fixed))
     return out
 
 
@@ -130,12 +152,15 @@ class RandomPatches(Dataset):
     beyond ``length`` encode the epoch (``k = e * length + i``, see
     :class:`~cytogen.data.sampling.EpochSampler`).
     With ``unpaired=True`` (CycleGAN) the target patch comes from an independent random field
-    and position, so no pairing is learned from the data.
+    and position, so no pairing is learned from the data. With an ``encoder``
+    (:class:`~cytogen.data.masks.MaskChannels`) the fields' sources are label images and each
+    patch's labels are spread over the mask channels, re-arranged per draw unless the field
+    holds a fixed arrangement.
     """
 
     def __init__(self, fields: list[Field], patch_size: tuple[int, ...], length: int, *,
                  augment: bool = True, fg_bias: float = 0.0, seed: int = 0,
-                 unpaired: bool = False) -> None:
+                 unpaired: bool = False, encoder: MaskChannels | None = None) -> None:
         if not fields:
             raise CytogenError("no fields to sample patches from; check the manifest splits")
         self.fields = fields
@@ -145,6 +170,7 @@ class RandomPatches(Dataset):
         self.fg_bias = float(fg_bias)
         self.seed = int(seed)
         self.unpaired = bool(unpaired)
+        self.encoder = encoder
         sizes = np.array([np.prod(f.source.shape[1:]) for f in fields], dtype=np.float64)
         self.weights = sizes / sizes.sum()
 
@@ -158,6 +184,10 @@ class RandomPatches(Dataset):
         spatial = f.source.shape[1:]
         corner = sample_corner(rng, spatial, self.patch, f.fg_index, self.fg_bias)
         arrays = {"source": crop(f.source, corner, self.patch)}
+        if self.encoder is not None:  # label patch -> mask channels (a fresh arrangement per draw)
+            enc, labels = self.encoder, arrays["source"][0]
+            arrays["source"] = (spread(labels, f.assignment, enc.channels, merged=enc.merged)
+                                if f.assignment is not None else enc.encode(labels, rng, name=f"field {f.name!r}"))
         if f.target is not None:
             arrays["target"] = crop(f.target, corner, self.patch)
         if f.mask is not None:

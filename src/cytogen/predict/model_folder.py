@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cytogen import __version__
+from cytogen.data.masks import MaskChannels
 from cytogen.data.normalize import Normalizer
 from cytogen.errors import CytogenError
 from cytogen.io.atomic import atomic_dir
@@ -53,6 +54,16 @@ class LoadedModel:
     @property
     def out_channels(self) -> int:
         return int(self.meta["architecture"]["out_channels"])
+
+    @property
+    def mask_channels(self) -> MaskChannels | None:
+        """How a label-image source is spread over the input channels (None: an image source)."""
+        return MaskChannels.from_dict(self.meta.get("mask_channels"))
+
+    @property
+    def input_channels(self) -> int:
+        """Channels of the image a user gives: 1 label image for a masks -> image model."""
+        return 1 if self.meta.get("mask_channels") else self.in_channels
 
 
 def _write_folder(folder: str | Path, net: torch.nn.Module, meta: dict[str, Any]) -> Path:

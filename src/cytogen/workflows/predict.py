@@ -71,6 +71,11 @@ def _check_input(model: LoadedModel, axes: str, n_channels: int, source: str) ->
             f"{source}: image is {dims}D ({axes}) but the model is {model.dims}D; "
             f"give {model.dims}D images"
         )
+    if model.mask_channels is not None:
+        if n_channels != 1:
+            raise CytogenError(f"{source}: image has {n_channels} channels; this model turns one instance "
+                               "label image into an image (pick one channel with path#c=K)")
+        return
     if n_channels != model.in_channels:
         raise CytogenError(
             f"{source}: image has {n_channels} channel(s), the model expects "
@@ -124,7 +129,8 @@ def predict_image(model: LoadedModel, image: Image, *, tile: tuple[int, ...] | N
     if not np.all(np.isfinite(image.data)):
         raise CytogenError(f"{source}: image contains NaN/Inf pixels; replace them before predicting")
     plan = resolve_tiling(model, tile=tile, overlap=overlap, batch_size=batch_size, blend=blend)
-    x = model.source_norm.normalize(image.data)
+    enc = model.mask_channels  # a masks -> image model: the label image spread over its channels
+    x = enc.encode(image.data, name=source) if enc is not None else model.source_norm.normalize(image.data)
     settings = _settings(model, settings)
     fn, dtype = _tile_fn(model, settings)
     multiple = model.net.size_multiple  # every generator declares it (models.protocol)
@@ -194,6 +200,9 @@ def predict_image_stream(model: LoadedModel, image: LazyImage, target: str | Pat
         ``target``.
     """
     _check_input(model, image.axes, image.shape[0], source)
+    if model.mask_channels is not None:
+        raise CytogenError(f"{source}: a masks -> image model arranges the whole label image at once and "
+                           "cannot stream it; write TIFF output (--output-format tif)")
     target = Path(target)
     try:
         stats = model.source_norm.stats_for_lazy(image.data)

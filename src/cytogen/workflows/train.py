@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from cytogen.config import Recipe, apply_overrides, load_recipe
 from cytogen.data.datasets import RandomPatches, prepare_fields, read_field
 from cytogen.data.manifest import read_manifest
+from cytogen.data.masks import MaskChannels
 from cytogen.data.normalize import Normalizer
 from cytogen.data.sampling import EpochSampler, ResumableLoader
 from cytogen.errors import CytogenError
@@ -123,19 +124,23 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
 
     entries = read_manifest(data)
     train_entries, val_entries, val_source = _split_entries(entries, rec.train.seed, data)
-    train_raw = [read_field(e) for e in train_entries]
-    val_raw = [read_field(e) for e in val_entries]
+    encoder = MaskChannels.from_dict(rec.data.mask_channels)  # source = instance labels on channels
+    train_raw = [read_field(e, source_labels=encoder is not None) for e in train_entries]
+    val_raw = [read_field(e, source_labels=encoder is not None) for e in val_entries]
     dims = rec.model.dims
     c_in, c_out = _check_consistent(train_raw + val_raw, dims, data)
+    if encoder is not None:
+        c_in = encoder.out_channels
     patch = tuple(rec.data.patch_size)
 
-    src_norm = Normalizer(rec.data.normalize, tuple(rec.data.percentiles), rec.data.normalize_scope)
+    src_norm = Normalizer("none" if encoder is not None else rec.data.normalize, tuple(rec.data.percentiles),
+                          rec.data.normalize_scope)
     tgt_norm = Normalizer(rec.data.normalize, tuple(rec.data.percentiles), rec.data.normalize_scope)
     src_norm.fit([rf.source.data for rf in train_raw])
     tgt_norm.fit([rf.target.data for rf in train_raw])
     mask_mode = rec.loss.mask
-    train_fields = prepare_fields(train_raw, src_norm, tgt_norm, patch, mask_mode=mask_mode)
-    val_fields = prepare_fields(val_raw, src_norm, tgt_norm, patch, mask_mode=mask_mode)
+    train_fields = prepare_fields(train_raw, src_norm, tgt_norm, patch, mask_mode=mask_mode, encoder=encoder)
+    val_fields = prepare_fields(val_raw, src_norm, tgt_norm, patch, mask_mode=mask_mode, encoder=encoder)
 
     settings = runtime_for(rec)
     settings.apply()
@@ -143,9 +148,9 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
     L.seed_everything(rec.train.seed, workers=True, verbose=False)
     train_ds = RandomPatches(train_fields, patch, rec.data.patches_per_epoch, augment=rec.data.augment,
                              fg_bias=rec.data.foreground_bias, seed=rec.train.seed,
-                             unpaired=not getattr(task_cls, "paired", True))
+                             unpaired=not getattr(task_cls, "paired", True), encoder=encoder)
     val_ds = RandomPatches(val_fields, patch, rec.data.val_patches, augment=False,
-                           fg_bias=rec.data.foreground_bias, seed=rec.train.seed + 10_000)
+                           fg_bias=rec.data.foreground_bias, seed=rec.train.seed + 10_000, encoder=encoder)
     loader_kw = dict(batch_size=rec.data.batch_size, num_workers=settings.num_workers,
                      persistent_workers=settings.num_workers > 0,
                      pin_memory=settings.device == "cuda")
@@ -177,10 +182,12 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
     rf0 = train_raw[0]
     save_model_folder(
         out / "model", net, architecture=arch, source_norm=src_norm, target_norm=tgt_norm,
-        source_channels=channel_names(rf0.source.channel_names, entries[0].source, c_in),
+        source_channels=(encoder.channel_names() if encoder is not None
+                         else channel_names(rf0.source.channel_names, entries[0].source, c_in)),
         target_channels=channel_names(rf0.target.channel_names, entries[0].target, c_out),
         pixel_size_um=px, patch_size=list(patch), recipe=rec.to_dict(),
-        extra={"best_val_loss": run.best_score},
+        extra={"best_val_loss": run.best_score,
+               **({"mask_channels": encoder.to_dict()} if encoder is not None else {})},
     )
     summary = {
         "run": str(out), "steps": int(trainer.global_step), "train_seconds": round(train_s, 1),
