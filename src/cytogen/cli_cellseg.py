@@ -1,8 +1,9 @@
-"""Command line of unsupervised cell segmentation: ``cytogen segment cells`` and
-``cytogen evaluate cells``.
+"""Command line of segmentation: ``cytogen segment cells`` (unsupervised), ``cytogen segment
+nuclei`` (supervised) and ``cytogen evaluate cells``.
 
-Parses arguments and calls :mod:`cytogen.workflows.segment_cells` and
-:mod:`cytogen.workflows.evaluate_cells`, nothing more (registered by :mod:`cytogen.cli`).
+Parses arguments and calls :mod:`cytogen.workflows.segment_cells`,
+:mod:`cytogen.workflows.segment_nuclei` and :mod:`cytogen.workflows.evaluate_cells`, nothing
+more (registered by :mod:`cytogen.cli`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,18 @@ def _cmd_segment_cells(a: argparse.Namespace) -> None:
                                           "marker_errors") if k in s}, default=str))
 
 
+def _cmd_segment_nuclei(a: argparse.Namespace) -> None:
+    from cytogen.config import parse_overrides
+    from cytogen.workflows.segment_nuclei import segment_nuclei
+
+    given = parse_overrides(a.set)
+    if set(given) - {"instances"}:
+        raise CytogenError(f"segment nuclei --set takes instances.KEY=VALUE only, got {sorted(given)}")
+    s = segment_nuclei(a.model, a.files or None, data=a.data, split=a.split, out=a.out,
+                       settings=given.get("instances"), precision=a.precision)
+    print(json.dumps({k: s[k] for k in ("out", "n_images", "n_nuclei", "seconds")}))
+
+
 def _cmd_evaluate_cells(a: argparse.Namespace) -> None:
     from cytogen.workflows.evaluate_cells import evaluate_cells
 
@@ -44,8 +57,8 @@ def _cmd_evaluate_cells(a: argparse.Namespace) -> None:
 
 
 def add_segment_parser(sub: argparse._SubParsersAction) -> None:
-    """``cytogen segment cells``."""
-    s = sub.add_parser("segment", help="segment cells (unsupervised, marker-controlled)")
+    """``cytogen segment cells`` and ``cytogen segment nuclei``."""
+    s = sub.add_parser("segment", help="segment cells (unsupervised, marker-controlled) or nuclei (supervised)")
     ssub = s.add_subparsers(dest="what", required=True)
     c = ssub.add_parser("cells", help="label images of whole cells from a cell image and nucleus markers")
     c.add_argument("model", nargs="?", default=None,
@@ -68,6 +81,16 @@ def add_segment_parser(sub: argparse._SubParsersAction) -> None:
                    help="marker / foreground setting over the model's (or the defaults for propagate), e.g. "
                         "cellseg.nucleus_diameter_um=12: give the baseline the model's markers")
     c.set_defaults(func=_cmd_segment_cells)
+    n = ssub.add_parser("nuclei", help="nucleus label images from a trained nucleus segmenter")
+    n.add_argument("model", help="RUN/model of 'cytogen train configs/segment_nuclei2d.yaml'")
+    n.add_argument("files", nargs="*", help="images (path or path#c=K); or --data")
+    n.add_argument("--data", default=None, help="manifest CSV: its 'source' images")
+    n.add_argument("--split", default=None, help="manifest rows of this split (default: test where there is one)")
+    n.add_argument("--out", required=True, help="new folder: <name>.tif uint16 labels, nuclei.csv, summary.json")
+    n.add_argument("--precision", default="auto", help="auto (bf16 where faster), 32 or bf16-mixed")
+    n.add_argument("--set", action="append", metavar="instances.KEY=VALUE",
+                   help="fg_threshold, seed_threshold, min_size_px or min_size_um2 over the model's")
+    n.set_defaults(func=_cmd_segment_nuclei)
 
 
 def add_evaluate_cells_parser(esub: argparse._SubParsersAction) -> None:

@@ -114,6 +114,21 @@ class VaeConfig:
 
 
 @dataclass
+class InstancesConfig:
+    """Supervised nucleus segmentation (task ``segment_nuclei``): the target is an instance label
+    image, learned as three classes (background, interior, boundary) and turned back into
+    instances by a seeded watershed."""
+
+    boundary_px: int = 1            # width of the boundary class inside each object's edge
+    boundary_weight: float = 3.0    # cross-entropy weight of boundary pixels (interior, background: 1)
+    dice_weight: float = 1.0        # + this times the soft Dice loss of the foreground (0: none)
+    fg_threshold: float = 0.5       # foreground where P(interior) + P(boundary) exceeds it
+    seed_threshold: float = 0.5     # watershed seeds: connected regions with P(interior) above it
+    min_size_px: float = 8.0        # objects smaller than this are dropped (pixels / voxels)
+    min_size_um2: float | None = None  # the same in um^2 (um^3 in 3D) where the pixel size is known
+
+
+@dataclass
 class CellSegConfig:
     """Unsupervised marker-controlled cell segmentation (task ``cellseg_consistency``).
 
@@ -201,6 +216,7 @@ class Recipe:
     optim: OptimConfig = field(default_factory=OptimConfig)
     vae: VaeConfig = field(default_factory=VaeConfig)
     cellseg: CellSegConfig = field(default_factory=CellSegConfig)
+    instances: InstancesConfig = field(default_factory=InstancesConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
 
@@ -388,6 +404,7 @@ def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
         raise CytogenError(f"{source}: vae.elbo_samples is {recipe.vae.elbo_samples}; it must be >= 1 "
                            "(the paper averages 10 samples)")
     _check_cellseg(recipe.cellseg, source)
+    _check_instances(recipe.instances, source)
     if recipe.data.mask_channels:
         from cytogen.data.masks import MaskChannels
 
@@ -406,6 +423,18 @@ def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
     except CytogenError as exc:
         raise CytogenError(f"{source}: train.{exc}") from None
     return recipe
+
+
+def _check_instances(c: InstancesConfig, source: str) -> None:
+    if c.boundary_px < 1:
+        raise CytogenError(f"{source}: instances.boundary_px is {c.boundary_px}; it must be >= 1")
+    if c.boundary_weight <= 0 or c.dice_weight < 0:
+        raise CytogenError(f"{source}: instances.boundary_weight must be > 0 and instances.dice_weight >= 0")
+    for key in ("fg_threshold", "seed_threshold"):
+        if not 0.0 < getattr(c, key) < 1.0:
+            raise CytogenError(f"{source}: instances.{key} is {getattr(c, key)}; it must be in (0, 1)")
+    if c.min_size_px < 0 or (c.min_size_um2 is not None and c.min_size_um2 < 0):
+        raise CytogenError(f"{source}: instances.min_size_px / min_size_um2 must be >= 0")
 
 
 def _check_cellseg(c: CellSegConfig, source: str) -> None:

@@ -30,6 +30,8 @@ from cytogen.models.vae import VAES, build_vae
 FORMAT = "cytogen-model"
 #: ``kind`` of the unsupervised cell segmenters' model folders.
 CELLSEG_KIND = "cellseg"
+#: ``kind`` of the supervised nucleus segmenters' model folders (task ``segment_nuclei``).
+NUCLEUS_SEG_KIND = "nucleus_segmenter"
 FORMAT_VERSION = 1
 
 
@@ -106,6 +108,27 @@ def load_model_folder(folder: str | Path, device: str | torch.device = "cpu") ->
         raise CytogenError(
             f"{folder}: this is a cell segmenter (kind {CELLSEG_KIND!r}) trained on marker patches, not an "
             f"image translator; use it with 'cytogen segment cells {folder} --data M.csv --out DIR'")
+    if loaded.meta.get("kind") == NUCLEUS_SEG_KIND:
+        raise CytogenError(
+            f"{folder}: this is a nucleus segmenter (kind {NUCLEUS_SEG_KIND!r}), not an image translator; "
+            f"use it with 'cytogen segment nuclei {folder} FILES... --out DIR'")
+    return loaded
+
+
+def load_nucleus_segmenter(folder: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Rebuild a supervised nucleus segmenter (kind ``"nucleus_segmenter"``): three class logits
+    per pixel; ``meta["instances"]`` holds the recipe's ``instances`` section.
+
+    Raises
+    ------
+    CytogenError
+        Not a model folder, or a model of another kind.
+    """
+    loaded = _load_unet_folder(folder, device)
+    if loaded.meta.get("kind") != NUCLEUS_SEG_KIND:
+        raise CytogenError(
+            f"{folder}: not a nucleus segmenter (kind {loaded.meta.get('kind')!r}); pass RUN/model of "
+            "'cytogen train configs/segment_nuclei2d.yaml'")
     return loaded
 
 

@@ -239,7 +239,7 @@ def _stem(path: Path) -> str:
     return path.name.split(".")[0]
 
 
-def _jobs(files: list[str] | None, data: str | Path | None, split: str | None
+def image_jobs(files: list[str] | None, data: str | Path | None, split: str | None
           ) -> list[tuple[str, list[str], float | None]]:
     """``(name, source specs, manifest pixel size or None)`` per image to predict."""
     if bool(files) == (data is not None):
@@ -256,7 +256,18 @@ def _jobs(files: list[str] | None, data: str | Path | None, split: str | None
     return [(e.name, e.source, e.pixel_size_um) for e in chosen]
 
 
-def _pixel_size(own: tuple[float, ...] | None, manifest_um: float | None, ndim: int
+def check_out_folder(out: Path, jobs: list[tuple[str, list[str], float | None]]) -> set[Path]:
+    """The resolved input files of ``jobs``; refuses an ``out`` that is, or is inside, an input folder."""
+    inputs = {Path(s.partition("#")[0]).resolve() for _, specs, _ in jobs for s in specs}
+    out_r = Path(out).resolve()
+    for folder in {p.parent for p in inputs}:
+        if out_r == folder or folder in out_r.parents:
+            raise CytogenError(f"{out}: output folder is, or is inside, the input folder {folder}; "
+                               "choose a separate --out so inputs can never be overwritten")
+    return inputs
+
+
+def pixel_size(own: tuple[float, ...] | None, manifest_um: float | None, ndim: int
                 ) -> tuple[float, ...] | None:
     """The manifest's in-plane ``pixel_size_um`` over the file's own, as training applies it.
 
@@ -329,14 +340,9 @@ def predict(model_dir: str | Path, out: str | Path, *, files: list[str] | None =
     settings = resolve_runtime(precision, fast=fast, compile=compile, accelerator=accelerator)
     model = load_model_folder(model_dir, device="cuda" if settings.device == "cuda" else "cpu")
     plan = resolve_tiling(model, tile=tile, overlap=overlap, batch_size=batch_size, blend=blend)
-    jobs = _jobs(files, data, split)
+    jobs = image_jobs(files, data, split)
     out = Path(out)
-    inputs = {Path(s.partition("#")[0]).resolve() for _, specs, _ in jobs for s in specs}
-    out_r = out.resolve()
-    for folder in {p.parent for p in inputs}:
-        if out_r == folder or folder in out_r.parents:
-            raise CytogenError(f"{out}: output folder is, or is inside, the input folder {folder}; "
-                               "choose a separate --out so inputs can never be overwritten")
+    inputs = check_out_folder(out, jobs)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     settings.apply()
@@ -365,13 +371,13 @@ def _predict_jobs(model: LoadedModel, out: Path, jobs: list[tuple[str, list[str]
         if fmt == "ome-zarr":
             with ExitStack() as stack:
                 image = stack_lazy([stack.enter_context(open_spec_lazy(s)) for s in specs])
-                image.pixel_size_um = _pixel_size(image.pixel_size_um, pixel_um,
+                image.pixel_size_um = pixel_size(image.pixel_size_um, pixel_um,
                                                   len(image.axes) - 1)
                 predict_image_stream(model, image, target, source=specs[0], **tiling)
         else:
             image = stack_channels([read_spec(s) for s in specs])
             pred = predict_image(model, image, source=specs[0], **tiling)
-            pixel = _pixel_size(image.pixel_size_um, pixel_um, len(image.axes) - 1)
+            pixel = pixel_size(image.pixel_size_um, pixel_um, len(image.axes) - 1)
             write_image(target, Image(pred, image.axes, pixel, names))
         written.append(target)
         if progress:

@@ -7,20 +7,22 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from cytogen.config import Recipe, apply_overrides, load_recipe
 from cytogen.data.datasets import RandomPatches, prepare_fields, read_field
 from cytogen.data.manifest import read_manifest
-from cytogen.data.masks import MaskChannels
+from cytogen.data.instance_targets import CLASS_NAMES, N_CLASSES, instance_classes
+from cytogen.data.masks import MaskChannels, check_label_image
 from cytogen.data.normalize import Normalizer
 from cytogen.data.sampling import EpochSampler, ResumableLoader
 from cytogen.errors import CytogenError
 from cytogen.models.protocol import check_spatial_size
 from cytogen.io.atomic import write_json
 from cytogen.losses.adversarial import check_soft_labels
-from cytogen.predict.model_folder import save_model_folder
+from cytogen.predict.model_folder import NUCLEUS_SEG_KIND, save_model_folder
 from cytogen.tasks import TASKS, build_task
 from cytogen.workflows.train_support import (  # noqa: F401  (read_loss_log, ... re-exported: public API)
     check_run_folder,
@@ -42,6 +44,19 @@ def channel_names(img_names: list[str] | None, specs: list[str], n: int) -> list
     stems = [Path(s.partition("#")[0]).name.split(".")[0] + (("#" + s.partition("#")[2]) if "#" in s else "")
              for s in specs]
     return stems if len(stems) == n else [f"ch{i}" for i in range(n)]
+
+
+def encode_instance_targets(raw: list, boundary_px: int) -> int:
+    """Replace each field's target (an instance label image) by its class map (background,
+    interior, boundary) and, where no mask was given, use the objects as the mask (patch
+    sampling); returns the number of classes."""
+    for rf in raw:
+        labels = check_label_image(rf.target.data, f"field {rf.name!r}, target (instance labels of the segmenter)")
+        rf.target.data = instance_classes(labels, boundary_px)[None].astype(np.float32)
+        rf.target.channel_names = list(CLASS_NAMES)
+        if rf.mask is None:
+            rf.mask = labels > 0
+    return N_CLASSES
 
 
 def _split_entries(entries: list, seed: int, manifest: Path) -> tuple[list, list, str]:
@@ -131,13 +146,18 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
     c_in, c_out = _check_consistent(train_raw + val_raw, dims, data)
     if encoder is not None:
         c_in = encoder.out_channels
+    instances = getattr(task_cls, "target_kind", "image") == "instances"  # e.g. segment_nuclei
+    if instances:
+        c_out = encode_instance_targets(train_raw + val_raw, rec.instances.boundary_px)
     patch = tuple(rec.data.patch_size)
 
     src_norm = Normalizer("none" if encoder is not None else rec.data.normalize, tuple(rec.data.percentiles),
                           rec.data.normalize_scope)
-    tgt_norm = Normalizer(rec.data.normalize, tuple(rec.data.percentiles), rec.data.normalize_scope)
+    tgt_norm = Normalizer("none" if instances else rec.data.normalize, tuple(rec.data.percentiles),
+                          "field" if instances else rec.data.normalize_scope)
     src_norm.fit([rf.source.data for rf in train_raw])
-    tgt_norm.fit([rf.target.data for rf in train_raw])
+    # a segmenter's outputs are class logits, left as they are (one identity channel per class)
+    tgt_norm.fit([np.zeros((c_out, 1), np.float32)] if instances else [rf.target.data for rf in train_raw])
     mask_mode = rec.loss.mask
     train_fields = prepare_fields(train_raw, src_norm, tgt_norm, patch, mask_mode=mask_mode, encoder=encoder)
     val_fields = prepare_fields(val_raw, src_norm, tgt_norm, patch, mask_mode=mask_mode, encoder=encoder)
@@ -166,7 +186,8 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
     task = build_task(rec.task, model=arch, optim=optim, gan=asdict(rec.gan),
                       discriminator={"name": rec.discriminator.name, "kwargs": dict(rec.discriminator.kwargs)},
                       loss={"name": rec.loss.name, "alpha": rec.loss.alpha},
-                      max_steps=rec.train.max_steps, grad_clip=rec.train.grad_clip)
+                      max_steps=rec.train.max_steps, grad_clip=rec.train.grad_clip,
+                      instances=asdict(rec.instances) if instances else None)
     check_spatial_size(task.generator(), patch, "data.patch_size")
     speed_up_task(task, settings, dims)
 
@@ -184,10 +205,12 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
         out / "model", net, architecture=arch, source_norm=src_norm, target_norm=tgt_norm,
         source_channels=(encoder.channel_names() if encoder is not None
                          else channel_names(rf0.source.channel_names, entries[0].source, c_in)),
-        target_channels=channel_names(rf0.target.channel_names, entries[0].target, c_out),
+        target_channels=(list(CLASS_NAMES) if instances
+                         else channel_names(rf0.target.channel_names, entries[0].target, c_out)),
         pixel_size_um=px, patch_size=list(patch), recipe=rec.to_dict(),
         extra={"best_val_loss": run.best_score,
-               **({"mask_channels": encoder.to_dict()} if encoder is not None else {})},
+               **({"mask_channels": encoder.to_dict()} if encoder is not None else {}),
+               **({"kind": NUCLEUS_SEG_KIND, "instances": asdict(rec.instances)} if instances else {})},
     )
     summary = {
         "run": str(out), "steps": int(trainer.global_step), "train_seconds": round(train_s, 1),

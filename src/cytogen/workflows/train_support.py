@@ -91,7 +91,8 @@ def hold_out_fields(train: list[FieldEntry], seed: int, source: str = "manifest"
 def check_task_uses(recipe: Any, task_cls: type, source: str = "recipe") -> None:
     """Refuse recipe settings the task would ignore (a setting that is accepted must take effect).
 
-    Among the optional sections ``gan``, ``discriminator``, ``loss``, ``vae`` and ``cellseg``, every key
+    Among the optional sections ``gan``, ``discriminator``, ``loss``, ``vae``, ``cellseg`` and
+    ``instances``, every key
     that the task does not declare in its ``uses`` (``"section"`` or ``"section.key"``) must keep its
     default. ``loss.mask`` chooses the training mask of every field task (``data_kind``
     ``"fields"``) and is always allowed there.
@@ -107,7 +108,7 @@ def check_task_uses(recipe: Any, task_cls: type, source: str = "recipe") -> None
     free = {"loss.mask"} if getattr(task_cls, "data_kind", "fields") == "fields" else set()
     default = type(recipe)()
     ignored = []
-    for section in ("gan", "discriminator", "loss", "vae", "cellseg"):
+    for section in ("gan", "discriminator", "loss", "vae", "cellseg", "instances"):
         if section in uses:
             continue
         given, base = getattr(recipe, section), getattr(default, section)
