@@ -51,6 +51,17 @@ def _cmd_synth_statcell(a: argparse.Namespace) -> None:
     print(path)
 
 
+def _cmd_synth_from_masks(a: argparse.Namespace) -> None:
+    from cytogen.workflows.synthesize_masks import synthesize_from_masks
+
+    s = synthesize_from_masks(a.model, a.shapes, a.out, n_images=a.n_images, size=a.size, density=a.density,
+                              area_fraction=a.area_fraction, pixel_size_um=a.pixel_size_um,
+                              max_overlap=a.max_overlap, clustered=a.clustered, val_fraction=a.val_fraction,
+                              seed=a.seed, precision=a.precision)
+    print(json.dumps({k: s[k] for k in ("out", "n_images", "n_nuclei", "nuclei_per_100x100um", "area_fraction",
+                                          "seconds")}))
+
+
 def _cmd_manifest(a: argparse.Namespace) -> None:
     from cytogen.data.manifest import build_manifest, read_manifest
 
@@ -208,6 +219,26 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--z", type=int, default=32, help="number of z planes for --3d")
     sc.add_argument("--seed", type=int, default=0)
     sc.set_defaults(func=_cmd_synth_statcell)
+    fm = ssub.add_parser("from-masks", help="random layouts of real nucleus shapes turned into images by a "
+                                            "masks -> image generator: images, exact labels and a manifest")
+    fm.add_argument("--model", required=True, help="GEN/model of 'cytogen train configs/masks2nuclei.yaml'")
+    fm.add_argument("--shapes", required=True, nargs="+", help="label images whose whole nuclei are the shapes")
+    fm.add_argument("--out", required=True, help="new folder: images/, labels/, manifest.csv, summary.json")
+    fm.add_argument("--n-images", type=int, default=8)
+    fm.add_argument("--size", type=int, default=512, help="canvas side in pixels (default 512)")
+    dens = fm.add_mutually_exclusive_group(required=True)
+    dens.add_argument("--density", type=float, help="nuclei per 100 x 100 um (needs a pixel size)")
+    dens.add_argument("--area-fraction", type=float, help="labelled fraction of the canvas, e.g. 0.3")
+    fm.add_argument("--pixel-size-um", type=float, default=None,
+                    help="pixel size of the label images where their files record none")
+    fm.add_argument("--max-overlap", type=float, default=0.0,
+                    help="fraction of a shape that may lie under earlier ones (default 0: touching only)")
+    fm.add_argument("--clustered", type=float, default=0.0,
+                    help="fraction of the nuclei placed around random cluster centres (default 0: uniform)")
+    fm.add_argument("--val-fraction", type=float, default=0.1, help="images marked split=val (default 0.1)")
+    fm.add_argument("--seed", type=int, default=0)
+    fm.add_argument("--precision", default="auto", help="auto (bf16 where faster), 32 or bf16-mixed")
+    fm.set_defaults(func=_cmd_synth_from_masks)
 
     m = sub.add_parser("manifest", help="pair image files into a manifest CSV")
     m.add_argument("root", help="folder the patterns are relative to")

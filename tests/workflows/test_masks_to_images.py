@@ -76,3 +76,28 @@ def test_a_short_run_learns_nuclei_from_their_masks(masks_manifest, tmp_path, ca
                                  for r in rows])
     capsys.readouterr()
     assert scores[80] > 0.6 and scores[80] > scores[1] + 0.2, scores
+
+
+def test_synthesize_from_masks_writes_images_labels_and_a_manifest_that_trains(masks_manifest, tmp_path, capsys):
+    run = tmp_path / "gen"
+    assert main(["train", str(CONFIGS / "translate_unet2d.yaml"), "--data", str(masks_manifest), "--out", str(run),
+                 "--max-steps", "2", *_sets(["data.mask_channels={channels: 4}"])]) == 0
+    shapes = [r["source"] for r in csv.DictReader(open(masks_manifest))][:2]
+    out = tmp_path / "synth"
+    assert main(["synthesize", "from-masks", "--model", str(run / "model"), "--shapes", *shapes, "--out", str(out),
+                 "--n-images", "3", "--size", "96", "--density", "40", "--clustered", "0.5"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = list(csv.DictReader(open(out / "manifest.csv")))
+    assert [r["split"] for r in rows] == ["train", "train", "val"]
+    assert set(rows[0]) == {"name", "source", "target", "split", "pixel_size_um"}
+    img, lab = read_image(out / rows[0]["source"]), read_image(out / rows[0]["target"])
+    assert img.data.shape == (1, 96, 96) and lab.data.dtype == np.uint16 and img.pixel_size_um == lab.pixel_size_um
+    # 40 per 100 x 100 um on 96 px at the synthetic 0.5 um/px: round(40 * 48 * 48 / 1e4) = 9 nuclei per image
+    assert summary["n_nuclei"] == 27 and int(lab.data.max()) == 9
+    assert main(["train", str(CONFIGS / "segment_nuclei2d.yaml"), "--data", str(out / "manifest.csv"), "--out",
+                 str(tmp_path / "seg"), "--max-steps", "2",
+                 *_sets(["model.kwargs.base_channels=4", "model.kwargs.depth=2", "data.patch_size=[32,32]",
+                         "data.batch_size=2", "data.patches_per_epoch=4", "data.val_patches=2"])]) == 0
+    # an existing folder is never overwritten
+    assert main(["synthesize", "from-masks", "--model", str(run / "model"), "--shapes", *shapes, "--out", str(out),
+                 "--n-images", "1", "--size", "64", "--area-fraction", "0.2"]) == 2
