@@ -149,6 +149,12 @@ def test_pooling_adds_counts_and_sums_over_fields():
     assert min(f["miou_matched"] for f in fields) <= lo <= p["miou_matched"] <= hi <= 1.0
     assert p["miou_matched_ci95"] == pool_cell_scores(fields)["miou_matched_ci95"]  # seeded
     assert pool_cell_scores(fields[:1])["miou_matched_ci95"] is None
+    assert p["map"] == pytest.approx(np.mean(p["ap"]))  # mean AP over 0.5:0.95
+    lo, hi = p["map_ci95"]
+    worst = min(pool_cell_scores([f])["map"] for f in fields)
+    assert worst <= lo <= p["map"] <= hi <= 1.0
+    same = pool_cell_scores([fields[0], fields[0]])  # identical fields: no spread
+    assert same["map_ci95"] == [pytest.approx(same["map"])] * 2 and same["map"] == 1.0
     with pytest.raises(CytogenError, match="no fields"):
         pool_cell_scores([])
 

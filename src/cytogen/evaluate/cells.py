@@ -60,6 +60,8 @@ DEFINITIONS = {
     "ap": "tp / (tp + fp + fn) (DSB 2018 / StarDist average precision at one IoU threshold)",
     "pq": "panoptic quality: sum of matched IoUs / (tp + fp/2 + fn/2)",
     "ap50, f1_50, pq50": "ap, f1, pq at IoU threshold 0.5",
+    "map": "mean of the pooled ap over the IoU thresholds (0.5:0.95 by default; DSB 2018's score)",
+    "map_ci95": "95 % percentile bootstrap interval of map, resampling fields (one draw for all thresholds)",
     "pooled": "counts and IoU sums added over fields before any ratio (a field weighs by its cells)",
     "empty": "no cell in either image: every ratio 1; otherwise a zero denominator gives 0",
 }
@@ -199,7 +201,8 @@ def pool_cell_scores(fields: list[dict], *, n_boot: int = 2000, seed: int = 0) -
         ``n_fields, n_true, n_pred, n_matched, miou_matched, miou_matched_ci95, miou_all_true,
         miou_matched50, miou_foreground_only, miou_matched_field_mean, miou_matched_field_sd`` (over fields with a
         match), ``ap50_ci95``, ``thresholds``, ``ap, f1, pq, precision, recall`` (lists per
-        threshold), ``scores`` (pooled rows of :func:`aggregate_scores`) and
+        threshold), ``map`` (their mean AP over the thresholds, e.g. 0.5:0.95) with ``map_ci95``,
+        ``scores`` (pooled rows of :func:`aggregate_scores`) and
         ``precision<k>, recall<k>, f1_<k>, ap<k>, pq<k>`` per threshold.
     """
     if not fields:
@@ -236,4 +239,24 @@ def pool_cell_scores(fields: list[dict], *, n_boot: int = 2000, seed: int = 0) -
         out["ap50_ci95"] = _bootstrap_ratio(tp, den, n_boot, seed)
     else:
         out["ap50_ci95"] = None
+    out["map"] = float(np.mean(out["ap"]))
+    out["map_ci95"] = _bootstrap_map(fields, n_boot, seed)
     return out
+
+
+def _bootstrap_map(fields: list[dict], n_boot: int, seed: int) -> list[float] | None:
+    """Percentile 95 % interval of the mean over thresholds of the pooled AP, fields resampled
+    (the same draws for every threshold)."""
+    n = len(fields)
+    if n < 2:
+        return None
+    tp = np.array([[s["tp"] for s in f["scores"]] for f in fields], dtype=np.float64)  # (fields, thresholds)
+    den = np.array([[s["tp"] + s["fp"] + s["fn"] for s in f["scores"]] for f in fields], dtype=np.float64)
+    w = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
+    d = w @ den
+    ok = (d > 0).all(axis=1)
+    if not ok.any():
+        return None
+    m = ((w @ tp)[ok] / d[ok]).mean(axis=1)
+    lo, hi = np.percentile(m, [2.5, 97.5])
+    return [float(lo), float(hi)]

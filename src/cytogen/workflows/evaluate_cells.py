@@ -247,7 +247,7 @@ def evaluate_cells(pred: str | Path, truth: str | Path, out: str | Path, *,
     matched = np.concatenate([s["matched_iou"] for s in scored])
     keys = ("n_fields", "n_true", "n_pred", "n_matched", "miou_matched", "miou_matched_ci95", "miou_all_true",
             "miou_matched50", "miou_foreground_only", "miou_matched_field_mean", "miou_matched_field_sd", "ap50",
-            "ap50_ci95",
+            "ap50_ci95", "map", "map_ci95",
             "f1_50", "pq50", "precision50", "recall50", "ap75", "thresholds", "ap", "f1", "pq", "precision",
             "recall", "scores")
     summary = {k: pooled[k] for k in keys}
