@@ -89,6 +89,7 @@ def test_synthesize_from_masks_writes_images_labels_and_a_manifest_that_trains(m
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     rows = list(csv.DictReader(open(out / "manifest.csv")))
     assert [r["split"] for r in rows] == ["train", "train", "val"]
+    assert (out / "preview.png").stat().st_size > 10_000 and (out / "summary.json").exists()
     assert set(rows[0]) == {"name", "source", "target", "split", "pixel_size_um"}
     img, lab = read_image(out / rows[0]["source"]), read_image(out / rows[0]["target"])
     assert img.data.shape == (1, 96, 96) and lab.data.dtype == np.uint16 and img.pixel_size_um == lab.pixel_size_um

@@ -9,7 +9,8 @@ spread over the mask channels it was trained with). The folder is built whole an
 - ``manifest.csv``: ``name, source, target, split, pixel_size_um`` (source = image, target =
   labels; the last ``val_fraction`` of the images are ``val``): it trains
   ``configs/segment_nuclei2d.yaml`` directly;
-- ``summary.json``: counts, achieved density / area fraction, the settings and the time.
+- ``summary.json``: counts, achieved density / area fraction, the settings and the time;
+- ``preview.png``: the first images' masks on channels, generated image and label outlines.
 """
 
 from __future__ import annotations
@@ -130,4 +131,19 @@ def synthesize_from_masks(model_dir: str | Path, shapes: list[str], out: str | P
             "seconds": round(time.perf_counter() - t0, 1),
         }
         write_json(tmp / "summary.json", summary)
+        _preview(tmp, rows[:3], model.mask_channels)
     return summary
+
+
+def _preview(folder: Path, rows: list[dict], encoder: Any) -> None:
+    """``preview.png``: masks on channels, generated image and label outlines of the first images."""
+    from cytogen.io.images import read_image
+    from cytogen.report.figures import save_figure
+    from cytogen.report.mask_figures import synthetic_preview_figure
+
+    samples = []
+    for r in rows:
+        image, labels = read_image(folder / r["source"]).data[0], read_image(folder / r["target"]).data[0]
+        stack = encoder.encode(labels.astype(np.int64))[:encoder.channels]
+        samples.append((r["name"], image, labels, stack))
+    save_figure(synthetic_preview_figure(samples), folder / "preview.png")

@@ -1,0 +1,190 @@
+"""Do synthetic nuclei train better segmenters? The downstream proof on real DSB 2018 images.
+
+Data: ``../shared/data/dsb2018_nuclei`` (stage-1 test images with released masks), the grey
+fluorescence images only (``modality_guess = fluorescence_gray``). Split by image, fixed
+(seed 0): the first ``--n-test`` of a seeded permutation are the held-out test images; of the
+rest (the pool), the first ``--n-real`` with at least 20 nuclei are the annotated real training
+images and the next one the validation image (checkpoint choice of the real-data segmenters).
+
+1. A masks -> image generator (``configs/masks2nuclei.yaml``) on the real training images.
+2. ``synthesize from-masks``: ``--n-synth`` images from random layouts of the real training
+   images' whole nuclei, at their mean labelled area fraction.
+3. The same segmenter recipe (``configs/segment_nuclei2d.yaml``), the same time budget each:
+   real only; real + synthetic; synthetic only (its own synthetic validation images: no real
+   annotation beyond the generator's); every pool image (the "all training images" reference).
+4. ``segment nuclei`` on the test images; AP@0.5 and mean AP 0.5:0.95 pooled over the test
+   images (DSB / StarDist AP = tp / (tp + fp + fn)), 95 % bootstrap intervals over images;
+   beside them the classical floor: Otsu + distance-transform watershed (``evaluate objects``).
+5. Realism: per-object features of the synthetic images vs the annotated real images (KS,
+   Frechet distance; null: two halves of the real images).
+
+    python benchmarks/masks_dsb.py [--gen-minutes 8] [--seg-minutes 5] [--n-synth 40] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from _bench import emit, note
+from _cellseg import write_rows
+
+DSB = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "dsb2018_nuclei"
+
+
+def _split(n_test: int, n_real: int) -> dict[str, list[str]]:
+    rows = [r for r in csv.DictReader(open(DSB / "index.csv")) if r["modality_guess"] == "fluorescence_gray"]
+    ids = [r["id"] for r in sorted(rows, key=lambda r: r["id"])]
+    n_nuc = {r["id"]: int(r["n_nuclei"]) for r in rows}
+    order = [ids[i] for i in np.random.default_rng(0).permutation(len(ids))]
+    test, pool = order[:n_test], order[n_test:]
+    rich = [i for i in pool if n_nuc[i] >= 20]
+    return {"test": test, "pool": pool, "real": rich[:n_real], "val": rich[n_real:n_real + 1]}
+
+
+def _rows(ids: list[str], split: str, *, masks_to_image: bool = False) -> list[dict]:
+    out = []
+    for i in ids:
+        img, lab = str(DSB / "images" / f"{i}.png"), str(DSB / "labels" / f"{i}.tif")
+        src, tgt = (lab, img) if masks_to_image else (img, lab)
+        out.append({"name": i[:12], "source": src, "target": tgt, "split": split})
+    return out
+
+
+def _train(recipe: str, manifest: Path, out: Path, minutes: float, sets: list[str], label: str) -> dict:
+    from cytogen.config import bundled_recipe
+    from cytogen.workflows.train import train
+
+    s = train(bundled_recipe(recipe), manifest, out, progress=False,
+              overrides=[f"train.max_time_min={minutes}", "train.max_steps=100000", *sets])
+    emit({"step": f"train_{label}", "steps": s["steps"], "seconds": s["train_seconds"],
+          "best_val_loss": s.get("best_val_loss"), "precision": s.get("precision")})
+    return s
+
+
+def _score(pred: Path, truth_csv: Path, out: Path, label: str) -> dict:
+    from cytogen.workflows.evaluate_cells import evaluate_cells
+
+    s = evaluate_cells(pred, truth_csv, out)
+    row = {"result": label, "n_true": s["n_true"], "n_pred": s["n_pred"], "ap50": s["ap50"], "ap50_ci95": s["ap50_ci95"],
+           "map": s["map"], "map_ci95": s["map_ci95"], "f1_50": s["f1_50"], "miou_matched": s["miou_matched"]}
+    emit({"step": "evaluate", **row})
+    return row
+
+
+def _otsu_floor(test_rows: list[dict], out: Path) -> Path:
+    from cytogen.evaluate.objects import segment_nuclei
+    from cytogen.io.images import Image, read_spec, write_image
+
+    out.mkdir(parents=True, exist_ok=True)
+    for r in test_rows:
+        img = read_spec(r["source"])
+        lab = segment_nuclei(img.data[0].astype(np.float32), min_area_px=10)
+        write_image(out / f"{r['name']}.tif", Image(lab[None].astype(np.uint16), "CYX", None))
+    return out
+
+
+def _realism(real_rows: list[dict], synth_dir: Path) -> dict:
+    from cytogen.evaluate.realism import FEATURES, compare_features, object_features, real_halves_frechet
+    from cytogen.io.images import read_spec
+
+    real = [object_features(read_spec(r["source"]).data[0], read_spec(r["target"]).data[0]) for r in real_rows]
+    synth = [object_features(read_spec(str(synth_dir / r["source"])).data[0],
+                             read_spec(str(synth_dir / r["target"])).data[0])
+             for r in csv.DictReader(open(synth_dir / "manifest.csv"))]
+    pool = lambda fs: {k: np.concatenate([f[k] for f in fs]) for k in FEATURES}  # noqa: E731
+    c = compare_features(pool(real), pool(synth))
+    c["frechet_real_halves"] = real_halves_frechet(real)
+    emit({"step": "realism", "frechet": c["frechet"], "frechet_real_halves": c["frechet_real_halves"],
+          "ks": {k: round(v["ks"], 3) for k, v in c["features"].items()}})
+    return c
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=None, help="work folder (default: a temporary one)")
+    ap.add_argument("--n-test", type=int, default=12)
+    ap.add_argument("--n-real", type=int, default=3, help="annotated real training images (2-4)")
+    ap.add_argument("--n-synth", type=int, default=40)
+    ap.add_argument("--synth-size", type=int, default=256)
+    ap.add_argument("--gen-minutes", type=float, default=8.0)
+    ap.add_argument("--seg-minutes", type=float, default=5.0)
+    ap.add_argument("--gen-set", action="append", default=[], metavar="KEY=VALUE", help="generator recipe override")
+    ap.add_argument("--seg-set", action="append", default=[], metavar="KEY=VALUE", help="segmenter recipe override")
+    a = ap.parse_args()
+    if not DSB.is_dir():
+        note(f"{DSB} not found: this benchmark needs ../shared/data/dsb2018_nuclei")
+        return 2
+    from cytogen.io.images import read_spec
+    from cytogen.workflows.segment_nuclei import segment_nuclei
+    from cytogen.workflows.synthesize_masks import synthesize_from_masks
+
+    work = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="masks_dsb_"))
+    work.mkdir(parents=True, exist_ok=True)
+    sp = _split(a.n_test, a.n_real)
+    emit({"step": "split", **{k: [i[:12] for i in v] for k, v in sp.items() if k != "pool"}, "n_pool": len(sp["pool"])})
+    real_rows = _rows(sp["real"], "train") + _rows(sp["val"], "val")
+    m_gen = write_rows(work / "m_gen.csv", _rows(sp["real"], "train", masks_to_image=True)
+                       + _rows(sp["val"], "val", masks_to_image=True))
+    m_real = write_rows(work / "m_real.csv", real_rows)
+    pool_rows = [r for r in _rows([i for i in sp["pool"] if i not in sp["val"]], "train")] + _rows(sp["val"], "val")
+    m_all = write_rows(work / "m_all.csv", pool_rows)
+    test_rows = [{"name": r["name"], "source": r["source"], "markers": r["target"], "cells": r["target"], "split": "test"}
+                 for r in _rows(sp["test"], "test")]
+    m_test = write_rows(work / "m_test.csv", test_rows)  # the truth of 'evaluate cells' (cells column)
+    m_test_images = write_rows(work / "m_test_images.csv", _rows(sp["test"], "test"))  # what is segmented
+
+    gen = _train("masks2nuclei", m_gen, work / "gen", a.gen_minutes,
+                 ["data.batch_size=4", "model.kwargs.kernel_size=5", *a.gen_set], "generator")
+    fractions = [float((read_spec(r["target"]).data > 0).mean()) for r in real_rows if r["split"] == "train"]
+    syn = synthesize_from_masks(work / "gen" / "model", [r["target"] for r in real_rows if r["split"] == "train"],
+                                work / "synth", n_images=a.n_synth, size=a.synth_size,
+                                area_fraction=float(np.mean(fractions)), clustered=0.3, progress=False)
+    emit({"step": "synthesize", **{k: syn[k] for k in ("n_images", "n_nuclei", "area_fraction", "seconds")}})
+    synth_rows = list(csv.DictReader(open(work / "synth" / "manifest.csv")))
+    for r in synth_rows:
+        r["source"], r["target"] = str(work / "synth" / r["source"]), str(work / "synth" / r["target"])
+    m_mix = write_rows(work / "m_mix.csv", [r for r in real_rows] + [{**r, "split": "train"} for r in synth_rows])
+    m_syn = write_rows(work / "m_syn.csv", synth_rows)
+
+    results = []
+    for label, manifest in (("real_only", m_real), ("real_plus_synthetic", m_mix), ("synthetic_only", m_syn),
+                            ("all_training_images", m_all)):
+        _train("segment_nuclei2d", manifest, work / f"seg_{label}", a.seg_minutes, a.seg_set, label)
+        segment_nuclei(work / f"seg_{label}" / "model", data=m_test_images, split="test", out=work / f"pred_{label}",
+                       progress=False)
+        results.append(_score(work / f"pred_{label}", m_test, work / f"eval_{label}", label))
+    results.append(_score(_otsu_floor(test_rows, work / "pred_otsu"), m_test, work / "eval_otsu",
+                          "otsu_watershed_floor"))
+    real_ap = results[0]["ap50"]
+    syn_ap = results[2]["ap50"]
+    emit({"step": "verdict", "mix_beats_real_ap50": results[1]["ap50"] > real_ap,
+          "mix_beats_real_map": results[1]["map"] > results[0]["map"],
+          "synthetic_only_vs_real_ap50": (syn_ap / real_ap) if real_ap else None})
+    realism = _realism(real_rows, work / "synth")
+    print(_table(results))
+    (work / "results.json").write_text(json.dumps({"split": sp, "results": results, "realism": realism,
+                                                   "generator_steps": gen["steps"]}, indent=2, default=str))
+    note(f"outputs in {work}")
+    return 0
+
+
+def _table(rows: list[dict]) -> str:
+    def ci(v):
+        return "n/a" if not v else f"{v[0]:.3f}-{v[1]:.3f}"
+
+    lines = ["| segmenter trained on | test nuclei | predicted | AP@0.5 (95 % CI) | mean AP 0.5:0.95 (95 % CI) | F1@0.5 |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['result']} | {r['n_true']} | {r['n_pred']} | {r['ap50']:.3f} ({ci(r['ap50_ci95'])}) | "
+                     f"{r['map']:.3f} ({ci(r['map_ci95'])}) | {r['f1_50']:.3f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
