@@ -116,7 +116,11 @@ def main() -> int:
     ap.add_argument("--seg-minutes", type=float, default=5.0)
     ap.add_argument("--gen-set", action="append", default=[], metavar="KEY=VALUE", help="generator recipe override")
     ap.add_argument("--seg-set", action="append", default=[], metavar="KEY=VALUE", help="segmenter recipe override")
+    ap.add_argument("--figure-from", default=None, metavar="WORK", help="only draw WORK/masks_dsb.png from a finished run")
     a = ap.parse_args()
+    if a.figure_from:
+        note(f"wrote {figure(Path(a.figure_from))}")
+        return 0
     if not DSB.is_dir():
         note(f"{DSB} not found: this benchmark needs ../shared/data/dsb2018_nuclei")
         return 2
@@ -170,8 +174,48 @@ def main() -> int:
     print(_table(results))
     (work / "results.json").write_text(json.dumps({"split": sp, "results": results, "realism": realism,
                                                    "generator_steps": gen["steps"]}, indent=2, default=str))
-    note(f"outputs in {work}")
+    figure(work)
+    note(f"outputs in {work} (figure: masks_dsb.png)")
     return 0
+
+
+def figure(work: Path) -> Path:
+    """``WORK/masks_dsb.png``: real vs synthetic crops with outlines, and AP with intervals per segmenter."""
+    from matplotlib.figure import Figure
+
+    from cytogen.io.images import read_spec
+    from cytogen.report.cellseg_figures import outline_rgb
+    from cytogen.report.figures import save_figure
+
+    res = json.loads((work / "results.json").read_text())
+    real_ids = res["split"]["real"][:2]
+    synth = list(csv.DictReader(open(work / "synth" / "manifest.csv")))[:2]
+    fig = Figure(figsize=(15, 6.5))
+    grid = fig.add_gridspec(2, 5)
+    tiles = [(f"real {i[:8]}", str(DSB / "images" / f"{i}.png"), str(DSB / "labels" / f"{i}.tif")) for i in real_ids]
+    tiles += [(f"synthetic {r['name']}", str(work / "synth" / r["source"]), str(work / "synth" / r["target"]))
+              for r in synth]
+    for k, (title, img, lab) in enumerate(tiles):
+        ax = fig.add_subplot(grid[k // 2, k % 2])
+        a, b = read_spec(img).data[0], read_spec(lab).data[0]
+        ax.imshow(outline_rgb(a[:256, :256].astype(np.float32), b[:256, :256]), interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    ax = fig.add_subplot(grid[:, 2:])
+    rows = res["results"]
+    x = np.arange(len(rows))
+    for j, (key, name) in enumerate((("ap50", "AP@0.5"), ("map", "mean AP 0.5:0.95"))):
+        val = np.array([r[key] for r in rows])
+        ci = np.array([r[f"{key}_ci95"] or [v, v] for r, v in zip(rows, val)])
+        ax.bar(x + (j - 0.5) * 0.38, val, 0.38, yerr=[val - ci[:, 0], ci[:, 1] - val], capsize=3, label=name)
+    ax.set_xticks(x)
+    ax.set_xticklabels([r["result"].replace("_", "\n") for r in rows], fontsize=8)
+    ax.set_ylabel("pooled over the held-out images (95 % bootstrap CI)")
+    ax.set_title(f"segmenters on {rows[0]['n_true']} held-out DSB 2018 nuclei ({len(res['split']['test'])} images)")
+    ax.legend()
+    fig.tight_layout()
+    return save_figure(fig, work / "masks_dsb.png")
 
 
 def _table(rows: list[dict]) -> str:
