@@ -164,7 +164,7 @@ def _cmd_eval_objects(a: argparse.Namespace) -> None:
                        min_area_um2=a.min_area_um2, min_area_px=a.min_area_px,
                        exclude_border=a.exclude_border, region=a.region,
                        marker_distance_um=a.marker_distance_um, channel=a.channel)
-    r = evaluate_objects(a.pred, a.truth, a.out, settings=s, split=a.split)["summary"]
+    r = evaluate_objects(a.pred, a.truth, a.out, settings=s, split=a.split, segmenter=a.segmenter)["summary"]
     print(json.dumps({"n_true": r["n_true"], "n_pred": r["n_pred"], "recall": r["recall"],
                       "within": {w["radius"]: round(w["fraction"], 4) for w in r["within"]},
                       "report": str(Path(a.out) / "report.html")}))
@@ -308,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     eo.add_argument("--radius-um", type=_radii, default=None,
                     help="radii, e.g. 4,1 or 4,1,nuclear (default: 4,1,nuclear; nuclear only without pixel size)")
     eo.add_argument("--labels", action="store_true", help="inputs are instance label images, not intensities")
+    eo.add_argument("--segmenter", default=None, metavar="SEG/model",
+                    help="segment real and predicted nuclei with this trained nucleus segmenter "
+                         "(cytogen train configs/segment_nuclei2d.yaml) instead of a threshold")
     eo.add_argument("--match", choices=("centroid", "bbox", "bbox-best"), default="centroid",
                     help="centroid (default): one-to-one optimal centroid assignment within "
                          "--max-distance-um; bbox: one-to-one bounding-box assignment maximising the "

@@ -130,3 +130,21 @@ def test_3d_recipe_trains_and_segments_a_stack(synth3d, tmp_path):
     assert main(["segment", "nuclei", str(run / "model"), rows[0]["source"], "--out", str(tmp_path / "o3")]) == 0
     out = read_image(next((tmp_path / "o3").glob("*.tif")))
     assert out.data.shape == (1, 16, 64, 64) and out.data.dtype == np.uint16
+
+
+def test_evaluate_objects_segments_with_the_trained_segmenter(trained, discs_manifest, tmp_path, capsys):
+    """The same image as prediction and truth, segmented by the model: every nucleus matched."""
+    data = Path(discs_manifest).parent / "data"
+    pred, truth = tmp_path / "pred", tmp_path / "truth"
+    pred.mkdir()
+    truth.mkdir()
+    for d in (pred, truth):
+        (d / "f5.tif").write_bytes((data / "img5.tif").read_bytes())
+    assert main(["evaluate", "objects", "--pred", str(pred), "--truth", str(truth), "--out", str(tmp_path / "ev"),
+                 "--segmenter", str(trained), "--region", "none"]) == 0
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    n = int(read_image(data / "lab5.tif").data.max())
+    assert summary["n_true"] == summary["n_pred"] == n and summary["recall"] == 1.0
+    assert summary["segmentation"].startswith("nucleus segmenter")
+    assert main(["evaluate", "objects", "--pred", str(pred), "--truth", str(truth), "--out", str(tmp_path / "e2"),
+                 "--segmenter", str(trained), "--labels"]) == 2

@@ -10,6 +10,8 @@ chance of landing that close by random placement under each null model of
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,6 +56,10 @@ class ObjectSettings:
     region: str = "source"
     marker_distance_um: float = 15.0
     channel: int = 0
+    #: instance labels of an intensity image ``f(image, spacing)`` instead of the threshold
+    #: segmentation (e.g. a trained nucleus segmenter, given by the workflow), and its name
+    segmenter: Callable[[np.ndarray, tuple[float, ...] | None], np.ndarray] | None = None
+    segmenter_name: str | None = None
 
     def __post_init__(self) -> None:
         if self.match not in MATCH_RULES:
@@ -163,6 +169,8 @@ def _channel(img: Image, k: int, what: str, name: str) -> np.ndarray:
 def _labels(img: np.ndarray, spacing, s: ObjectSettings) -> np.ndarray:
     if s.labels:
         return as_labels(img)
+    if s.segmenter is not None:
+        return as_labels(s.segmenter(img, spacing))
     return segment_nuclei(img, pixel_size_um=spacing, sigma_px=s.sigma_px, threshold=s.threshold,
                           min_area_um2=s.min_area_um2, min_area_px=s.min_area_px,
                           exclude_border=s.exclude_border)

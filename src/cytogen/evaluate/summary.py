@@ -199,6 +199,10 @@ def compute_object_metrics(pairs: list[FieldPair], s: ObjectSettings,
     sources = list(dict.fromkeys(f.pixel_size_source for f in fields))
     summary = {
         "n_fields": len(fields), "unit": unit, "pixel_size_source": sources[0] if len(sources) == 1 else sources,
+        "segmentation": ("instance label images given" if s.labels else
+                         f"nucleus segmenter {s.segmenter_name or '(a function)'}" if s.segmenter is not None else
+                         f"threshold {s.threshold} of the image smoothed by {s.sigma_px} px, holes filled, "
+                         "touching nuclei split by a distance-transform watershed"),
         "match": s.match, "match_rule": MATCH_RULES[s.match],
         "max_match_distance": max_d if s.match == "centroid" else None,
         "nuclear_radius": nuclear, "n_true": n_true, "n_pred": n_pred, "n_matched": n_matched,

@@ -6,9 +6,12 @@ and predicted object), ``fields.csv``, ``summary.json`` and ``report.html``.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from cytogen.data.manifest import read_manifest
 from cytogen.errors import CytogenError
@@ -126,14 +129,34 @@ def _progress(line: str) -> None:
     print(line, file=sys.stderr)
 
 
+def segmenter_function(model_dir: str | Path, settings: dict[str, Any] | None = None):
+    """``f(image, spacing) -> labels`` of a trained nucleus segmenter (``segment_nuclei`` folder),
+    for :class:`ObjectSettings.segmenter`."""
+    from cytogen.io.images import Image
+    from cytogen.predict.model_folder import load_nucleus_segmenter
+    from cytogen.workflows.segment_nuclei import resolve_instances, segment_image
+
+    model = load_nucleus_segmenter(model_dir)
+    inst = resolve_instances(model, settings)
+
+    def segment(image, spacing):
+        axes = "CYX" if image.ndim == 2 else "CZYX"
+        return segment_image(model, Image(np.asarray(image, np.float32)[None], axes, spacing), inst)
+
+    return segment
+
+
 def evaluate_objects(pred: str | Path, truth: str | Path, out: str | Path, *,
                      settings: ObjectSettings | None = None, split: str | None = None,
-                     progress: bool = True) -> dict[str, Any]:
+                     progress: bool = True, segmenter: str | Path | None = None) -> dict[str, Any]:
     """Evaluate predicted nuclei against real ones and write ``OUT/`` as one folder.
 
     Writes ``objects.csv`` (one row per real and predicted object), ``fields.csv``,
     ``summary.json`` and ``report.html`` into a temporary folder and swaps it in only once all
     are written: on any error ``OUT`` is absent or still the previous, complete evaluation.
+
+    ``segmenter``: a nucleus segmenter's model folder (``cytogen train configs/segment_nuclei2d.yaml``)
+    that segments the real and the predicted images instead of the threshold segmentation.
 
     Returns
     -------
@@ -141,6 +164,10 @@ def evaluate_objects(pred: str | Path, truth: str | Path, out: str | Path, *,
         ``{"summary": the summary.json dict, "result": the typed ObjectResult}``.
     """
     settings = settings or ObjectSettings()
+    if segmenter is not None:
+        if settings.labels:
+            raise CytogenError("give --labels (the inputs are label images) or --segmenter, not both")
+        settings = dataclasses.replace(settings, segmenter=segmenter_function(segmenter), segmenter_name=str(segmenter))
     out = Path(out)
     _check_out(out)
     pairs = collect_pairs(Path(pred), Path(truth), split)
