@@ -156,6 +156,14 @@ def _threshold(text: str) -> str | float:
         return text
 
 
+def _cmd_eval_realism(a: argparse.Namespace) -> None:
+    from cytogen.workflows.evaluate_realism import evaluate_realism
+
+    r = evaluate_realism(a.real, a.synthetic, a.out, real_split=a.real_split, synthetic_split=a.synthetic_split)
+    print(json.dumps({"n_real": r["n_real"], "n_synthetic": r["n_synthetic"], "frechet": round(r["frechet"], 3),
+                      "frechet_real_halves": r["frechet_real_halves"].get("median")}))
+
+
 def _cmd_eval_objects(a: argparse.Namespace) -> None:
     from cytogen.workflows.evaluate_objects import ObjectSettings, evaluate_objects
 
@@ -328,6 +336,13 @@ def build_parser() -> argparse.ArgumentParser:
     eo.add_argument("--marker-distance-um", type=float, default=15.0)
     eo.add_argument("--channel", type=int, default=0, help="channel of multi-channel images to evaluate")
     eo.set_defaults(func=_cmd_eval_objects)
+    er = esub.add_parser("realism", help="synthetic vs real objects: features, KS tests, Frechet distance")
+    er.add_argument("--real", required=True, help="manifest of real images (source) and their labels (target)")
+    er.add_argument("--synthetic", required=True, help="manifest of synthetic images and labels (synthesize from-masks)")
+    er.add_argument("--out", required=True, help="new folder: realism.json, objects.csv, features.png")
+    er.add_argument("--real-split", default=None, help="only these rows of --real (default: all)")
+    er.add_argument("--synthetic-split", default=None, help="only these rows of --synthetic (default: all)")
+    er.set_defaults(func=_cmd_eval_realism)
 
     from cytogen.cli_cellseg import add_evaluate_cells_parser, add_segment_parser
 

@@ -99,6 +99,20 @@ def test_synthesize_from_masks_writes_images_labels_and_a_manifest_that_trains(m
                  str(tmp_path / "seg"), "--max-steps", "2",
                  *_sets(["model.kwargs.base_channels=4", "model.kwargs.depth=2", "data.patch_size=[32,32]",
                          "data.batch_size=2", "data.patches_per_epoch=4", "data.val_patches=2"])]) == 0
+    # realism: the real set against itself is at distance 0, the 2-step generator's images are not
+    real = tmp_path / "real.csv"
+    with open(real, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["name", "source", "target", "split"])
+        w.writeheader()
+        w.writerows([{"name": r["name"], "source": r["target"], "target": r["source"], "split": r["split"]}
+                     for r in csv.DictReader(open(masks_manifest))])
+    assert main(["evaluate", "realism", "--real", str(real), "--synthetic", str(real), "--out", str(tmp_path / "r0")]) == 0
+    assert json.loads((tmp_path / "r0" / "realism.json").read_text())["frechet"] == pytest.approx(0.0, abs=1e-6)
+    assert main(["evaluate", "realism", "--real", str(real), "--synthetic", str(out / "manifest.csv"),
+                 "--out", str(tmp_path / "r1")]) == 0
+    r1 = json.loads((tmp_path / "r1" / "realism.json").read_text())
+    assert r1["frechet"] > 1.0 and r1["n_synthetic"] == 27 and (tmp_path / "r1" / "features.png").exists()
+    capsys.readouterr()
     # an existing folder is never overwritten
     assert main(["synthesize", "from-masks", "--model", str(run / "model"), "--shapes", *shapes, "--out", str(out),
                  "--n-images", "1", "--size", "64", "--area-fraction", "0.2"]) == 2

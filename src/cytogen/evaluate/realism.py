@@ -81,7 +81,8 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     mu_a, mu_b = a.mean(0), b.mean(0)
     ca, cb = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
     eps = 1e-6 * np.eye(len(ca))  # a constant feature makes the covariances singular (as in FID code)
-    root = linalg.sqrtm((ca + eps) @ (cb + eps))
+    ca, cb = ca + eps, cb + eps
+    root = linalg.sqrtm(ca @ cb)
     root = root.real if np.iscomplexobj(root) else root
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(ca + cb - 2 * root))
 
