@@ -116,3 +116,9 @@ def test_synthesize_from_masks_writes_images_labels_and_a_manifest_that_trains(m
     # an existing folder is never overwritten
     assert main(["synthesize", "from-masks", "--model", str(run / "model"), "--shapes", *shapes, "--out", str(out),
                  "--n-images", "1", "--size", "64", "--area-fraction", "0.2"]) == 2
+
+
+def test_mask_channels_are_refused_where_they_cannot_take_effect(masks_manifest, tmp_path):
+    assert main(["train", str(CONFIGS / "cellseg_consistency2d.yaml"), "--data", str(masks_manifest),
+                 "--out", str(tmp_path / "x"), "--set", "data.mask_channels={channels: 4}"]) == 2
+    assert not (tmp_path / "x").exists()

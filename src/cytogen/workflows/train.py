@@ -127,6 +127,9 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
     check_task_uses(rec, task_cls, source)
     check_soft_labels(rec.gan, rec.train.max_steps, source)
     out, data = Path(out), Path(data)
+    if rec.data.mask_channels and getattr(task_cls, "data_kind", "fields") != "fields":
+        raise CytogenError(f"{source}: data.mask_channels spreads a label-image source over channels for image "
+                           f"translation; task {rec.task!r} does not read such sources: remove it")
     if getattr(task_cls, "data_kind", "fields") == "cells":  # declared by the task, e.g. statcell_*
         from cytogen.workflows.train_cells import train_cells
 
