@@ -174,6 +174,10 @@ CASES = {
     "segment cells model missing": (lambda r: ["segment", "cells", "--data", f"{r}/seg.csv", "--out", f"{r}/s"], "model folder"),
     "train cellseg on a manifest without markers": (lambda r: ["train", str(CONFIGS / "cellseg_consistency2d.yaml"), "--data", f"{r}/good.csv", "--out", f"{r}/cs"], "marker"),
     "evaluate cells pred folder missing": (lambda r: ["evaluate", "cells", "--pred", f"{r}/nopred", "--truth", f"{r}/img", "--out", f"{r}/e"], "not found"),
+    # masks -> images and the nucleus segmenter
+    "segment nuclei translator as segmenter": (lambda r: ["segment", "nuclei", f"{r}/run/model", "--data", f"{r}/good.csv", "--out", f"{r}/s"], "not a nucleus segmenter"),
+    "synthesize from-masks translator as generator": (lambda r: ["synthesize", "from-masks", "--model", f"{r}/run/model", "--shapes", f"{r}/none.tif", "--out", f"{r}/fm", "--area-fraction", "0.2"], "masks -> image model"),
+    "evaluate realism manifest missing": (lambda r: ["evaluate", "realism", "--real", f"{r}/none.csv", "--synthetic", f"{r}/good.csv", "--out", f"{r}/e"], "not found"),
     "statcell perturbation no embeddings": (lambda r: ["statcell", "perturbation", "--embeddings", f"{r}/noemb.csv", "--out", f"{r}/e", "--condition", "dose", "--control", "0"], "embeddings.csv"),
 }
 

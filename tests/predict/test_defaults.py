@@ -159,8 +159,8 @@ def test_manifest_pixel_size_reaches_tiff_and_ome_zarr_predictions(root, tmp_pat
         assert read_image(out / f"f.{ext}").pixel_size_um == pytest.approx((0.5, 0.5))  # file: none
         assert read_image(out / f"g.{ext}").pixel_size_um == pytest.approx((0.5, 0.5))  # file: 0.4
         assert read_image(out / f"h.{ext}").pixel_size_um == pytest.approx((0.4, 0.4))  # no column
-    assert wp._pixel_size((2.0, 0.4, 0.4), 0.5, 3) == (2.0, 0.5, 0.5)  # Z kept, as in training
-    assert wp._pixel_size(None, 0.5, 3) == (0.5, 0.5, 0.5)
+    assert wp.pixel_size((2.0, 0.4, 0.4), 0.5, 3) == (2.0, 0.5, 0.5)  # Z kept, as in training
+    assert wp.pixel_size(None, 0.5, 3) == (0.5, 0.5, 0.5)
 
 
 class OOMAboveBatch(torch.nn.Module):
