@@ -10,7 +10,8 @@ images and the next one the validation image (checkpoint choice of the real-data
 2. ``synthesize from-masks``: ``--n-synth`` images from random layouts of the real training
    images' whole nuclei, at their mean labelled area fraction.
 3. The same segmenter recipe (``configs/segment_nuclei2d.yaml``), the same time budget each:
-   real only; real + synthetic; synthetic only (its own synthetic validation images: no real
+   real only; real + synthetic (fields drawn by area: mostly synthetic); the same with
+   ``data.balance_groups`` (half the patches from the real images); synthetic only (its own synthetic validation images: no real
    annotation beyond the generator's); every pool image (the "all training images" reference).
 4. ``segment nuclei`` on the test images; AP@0.5 and mean AP 0.5:0.95 pooled over the test
    images (DSB / StarDist AP = tp / (tp + fp + fn)), 95 % bootstrap intervals over images;
@@ -116,6 +117,9 @@ def main() -> int:
     ap.add_argument("--seg-minutes", type=float, default=5.0)
     ap.add_argument("--gen-set", action="append", default=[], metavar="KEY=VALUE", help="generator recipe override")
     ap.add_argument("--seg-set", action="append", default=[], metavar="KEY=VALUE", help="segmenter recipe override")
+    ap.add_argument("--runs", default=None, help="comma-separated segmenter runs (default: all five), "
+                    "e.g. real_only,real_plus_synthetic_balanced")
+    ap.add_argument("--reuse", action="store_true", help="reuse WORK's generator and synthetic images (with --out)")
     ap.add_argument("--figure-from", default=None, metavar="WORK", help="only draw WORK/masks_dsb.png from a finished run")
     a = ap.parse_args()
     if a.figure_from:
@@ -143,38 +147,55 @@ def main() -> int:
     m_test = write_rows(work / "m_test.csv", test_rows)  # the truth of 'evaluate cells' (cells column)
     m_test_images = write_rows(work / "m_test_images.csv", _rows(sp["test"], "test"))  # what is segmented
 
-    gen = _train("masks2nuclei", m_gen, work / "gen", a.gen_minutes,
-                 ["data.batch_size=4", "model.kwargs.kernel_size=5", *a.gen_set], "generator")
-    fractions = [float((read_spec(r["target"]).data > 0).mean()) for r in real_rows if r["split"] == "train"]
-    syn = synthesize_from_masks(work / "gen" / "model", [r["target"] for r in real_rows if r["split"] == "train"],
-                                work / "synth", n_images=a.n_synth, size=a.synth_size,
-                                area_fraction=float(np.mean(fractions)), clustered=0.3, progress=False)
-    emit({"step": "synthesize", **{k: syn[k] for k in ("n_images", "n_nuclei", "area_fraction", "seconds")}})
+    if a.reuse and (work / "synth" / "manifest.csv").exists():
+        gen = json.loads((work / "gen" / "train_summary.json").read_text())
+        note(f"reusing the generator ({gen['steps']} steps) and the synthetic images in {work}")
+    else:
+        gen = _train("masks2nuclei", m_gen, work / "gen", a.gen_minutes,
+                     ["data.batch_size=4", "model.kwargs.kernel_size=5", *a.gen_set], "generator")
+        fractions = [float((read_spec(r["target"]).data > 0).mean()) for r in real_rows if r["split"] == "train"]
+        syn = synthesize_from_masks(work / "gen" / "model", [r["target"] for r in real_rows if r["split"] == "train"],
+                                    work / "synth", n_images=a.n_synth, size=a.synth_size,
+                                    area_fraction=float(np.mean(fractions)), clustered=0.3, progress=False)
+        emit({"step": "synthesize", **{k: syn[k] for k in ("n_images", "n_nuclei", "area_fraction", "seconds")}})
     synth_rows = list(csv.DictReader(open(work / "synth" / "manifest.csv")))
     for r in synth_rows:
         r["source"], r["target"] = str(work / "synth" / r["source"]), str(work / "synth" / r["target"])
-    m_mix = write_rows(work / "m_mix.csv", [r for r in real_rows] + [{**r, "split": "train"} for r in synth_rows])
+    m_mix = write_rows(work / "m_mix.csv", [{**r, "group": "real"} for r in real_rows]
+                       + [{**r, "split": "train", "group": "synthetic"} for r in synth_rows])
     m_syn = write_rows(work / "m_syn.csv", synth_rows)
 
+    runs = {"real_only": (m_real, []), "real_plus_synthetic": (m_mix, []),
+            "real_plus_synthetic_balanced": (m_mix, ["data.balance_groups=true"]),  # half the patches real
+            "synthetic_only": (m_syn, []), "all_training_images": (m_all, [])}
+    chosen = a.runs.split(",") if a.runs else list(runs)
+    unknown = set(chosen) - set(runs)
+    if unknown:
+        note(f"unknown --runs {sorted(unknown)}; choose from {list(runs)}")
+        return 2
     results = []
-    for label, manifest in (("real_only", m_real), ("real_plus_synthetic", m_mix), ("synthetic_only", m_syn),
-                            ("all_training_images", m_all)):
-        _train("segment_nuclei2d", manifest, work / f"seg_{label}", a.seg_minutes, a.seg_set, label)
+    for label in chosen:
+        manifest, extra = runs[label]
+        _train("segment_nuclei2d", manifest, work / f"seg_{label}", a.seg_minutes, [*extra, *a.seg_set], label)
         segment_nuclei(work / f"seg_{label}" / "model", data=m_test_images, split="test", out=work / f"pred_{label}",
                        progress=False)
         results.append(_score(work / f"pred_{label}", m_test, work / f"eval_{label}", label))
     results.append(_score(_otsu_floor(test_rows, work / "pred_otsu"), m_test, work / "eval_otsu",
                           "otsu_watershed_floor"))
-    real_ap = results[0]["ap50"]
-    syn_ap = results[2]["ap50"]
-    emit({"step": "verdict", "mix_beats_real_ap50": results[1]["ap50"] > real_ap,
-          "mix_beats_real_map": results[1]["map"] > results[0]["map"],
-          "synthetic_only_vs_real_ap50": (syn_ap / real_ap) if real_ap else None})
+    by = {r["result"]: r for r in results}
+    if "real_only" in by:
+        real = by["real_only"]
+        emit({"step": "verdict", **{f"{k}_beats_real_{m}": by[k][m] > real[m] for k in by
+                                    if k.startswith("real_plus") for m in ("ap50", "map")},
+              "synthetic_only_vs_real_ap50": (by["synthetic_only"]["ap50"] / real["ap50"])
+              if "synthetic_only" in by and real["ap50"] else None})
     realism = _realism(real_rows, work / "synth")
     print(_table(results))
-    (work / "results.json").write_text(json.dumps({"split": sp, "results": results, "realism": realism,
-                                                   "generator_steps": gen["steps"]}, indent=2, default=str))
-    figure(work)
+    name = "results.json" if not a.runs else f"results_{'_'.join(chosen)}.json"
+    (work / name).write_text(json.dumps({"split": sp, "results": results, "realism": realism,
+                                         "generator_steps": gen["steps"]}, indent=2, default=str))
+    if not a.runs:
+        figure(work)
     note(f"outputs in {work} (figure: masks_dsb.png)")
     return 0
 

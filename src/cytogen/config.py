@@ -46,6 +46,9 @@ class DataConfig:
     #: The source is an instance label image spread over binary channels (masks -> images):
     #: ``{channels: 4, gap_px: 2, merged: false, rearrange: true, seed: 0}``; null: an image.
     mask_channels: dict[str, Any] | None = None
+    #: each manifest ``group`` (fields without one form one group) gets an equal share of the
+    #: training patches, split among its fields by area (default: every field by its area)
+    balance_groups: bool = False
 
 
 @dataclass

@@ -128,3 +128,19 @@ def test_patches_of_a_label_source_are_spread_per_draw(rearrange):
     distinct = {d.tobytes() for d in draws}
     assert (len(distinct) > 1) == rearrange  # fresh arrangements, or always the field's fixed one
     assert np.array_equal(ds[3]["source"].numpy(), ds[3]["source"].numpy())  # item i is reproducible
+
+
+
+def test_balanced_groups_share_the_patches_equally():
+    from cytogen.data.datasets import Field, RandomPatches
+
+    big = Field("big", np.zeros((1, 64, 64), np.float32), np.zeros((1, 64, 64), np.float32), None)
+    smalls = [Field(f"s{i}", np.ones((1, 16, 16), np.float32), np.ones((1, 16, 16), np.float32), None)
+              for i in range(2)]
+    fields = [big, *smalls]
+    plain = RandomPatches(fields, (16, 16), 2000, augment=False)
+    balanced = RandomPatches(fields, (16, 16), 2000, augment=False, groups=["real", "synthetic", "synthetic"])
+    assert plain.weights[0] == pytest.approx(4096 / (4096 + 512))  # by area
+    assert balanced.weights.tolist() == pytest.approx([0.5, 0.25, 0.25])
+    share = np.mean([float(balanced[i]["source"].mean()) for i in range(2000)])  # 1 = a small-group patch
+    assert share == pytest.approx(0.5, abs=0.04)

@@ -121,4 +121,6 @@ def test_synthesize_from_masks_writes_images_labels_and_a_manifest_that_trains(m
 def test_mask_channels_are_refused_where_they_cannot_take_effect(masks_manifest, tmp_path):
     assert main(["train", str(CONFIGS / "cellseg_consistency2d.yaml"), "--data", str(masks_manifest),
                  "--out", str(tmp_path / "x"), "--set", "data.mask_channels={channels: 4}"]) == 2
+    assert main(["train", str(CONFIGS / "cellseg_consistency2d.yaml"), "--data", str(masks_manifest),
+                 "--out", str(tmp_path / "x"), "--set", "data.balance_groups=true"]) == 2
     assert not (tmp_path / "x").exists()

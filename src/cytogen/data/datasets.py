@@ -160,7 +160,8 @@ class RandomPatches(Dataset):
 
     def __init__(self, fields: list[Field], patch_size: tuple[int, ...], length: int, *,
                  augment: bool = True, fg_bias: float = 0.0, seed: int = 0,
-                 unpaired: bool = False, encoder: MaskChannels | None = None) -> None:
+                 unpaired: bool = False, encoder: MaskChannels | None = None,
+                 groups: list[str | None] | None = None) -> None:
         if not fields:
             raise CytogenError("no fields to sample patches from; check the manifest splits")
         self.fields = fields
@@ -173,6 +174,12 @@ class RandomPatches(Dataset):
         self.encoder = encoder
         sizes = np.array([np.prod(f.source.shape[1:]) for f in fields], dtype=np.float64)
         self.weights = sizes / sizes.sum()
+        if groups is not None:  # equal share per group, by area within a group
+            if len(groups) != len(fields):
+                raise CytogenError(f"{len(groups)} groups for {len(fields)} fields")
+            keys = [g or "" for g in groups]
+            total = {k: sizes[[i for i, g in enumerate(keys) if g == k]].sum() for k in set(keys)}
+            self.weights = np.array([sizes[i] / total[k] for i, k in enumerate(keys)]) / len(total)
 
     def __len__(self) -> int:
         return self.length

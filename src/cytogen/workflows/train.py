@@ -127,9 +127,11 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
     check_task_uses(rec, task_cls, source)
     check_soft_labels(rec.gan, rec.train.max_steps, source)
     out, data = Path(out), Path(data)
-    if rec.data.mask_channels and getattr(task_cls, "data_kind", "fields") != "fields":
-        raise CytogenError(f"{source}: data.mask_channels spreads a label-image source over channels for image "
-                           f"translation; task {rec.task!r} does not read such sources: remove it")
+    if getattr(task_cls, "data_kind", "fields") != "fields":
+        for key in ("mask_channels", "balance_groups"):
+            if getattr(rec.data, key):
+                raise CytogenError(f"{source}: data.{key} applies to the random-patch tasks (translation, "
+                                   f"segment_nuclei); task {rec.task!r} draws its data otherwise: remove it")
     if getattr(task_cls, "data_kind", "fields") == "cells":  # declared by the task, e.g. statcell_*
         from cytogen.workflows.train_cells import train_cells
 
@@ -171,7 +173,8 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
     L.seed_everything(rec.train.seed, workers=True, verbose=False)
     train_ds = RandomPatches(train_fields, patch, rec.data.patches_per_epoch, augment=rec.data.augment,
                              fg_bias=rec.data.foreground_bias, seed=rec.train.seed,
-                             unpaired=not getattr(task_cls, "paired", True), encoder=encoder)
+                             unpaired=not getattr(task_cls, "paired", True), encoder=encoder,
+                             groups=[e.group for e in train_entries] if rec.data.balance_groups else None)
     val_ds = RandomPatches(val_fields, patch, rec.data.val_patches, augment=False,
                            fg_bias=rec.data.foreground_bias, seed=rec.train.seed + 10_000, encoder=encoder)
     loader_kw = dict(batch_size=rec.data.batch_size, num_workers=settings.num_workers,
