@@ -78,6 +78,28 @@ def _score(pred: Path, truth_csv: Path, out: Path, label: str) -> dict:
     return row
 
 
+def paired_ap50_difference(eval_a: Path, eval_b: Path, n_boot: int = 5000, seed: int = 0) -> dict:
+    """AP@0.5 of ``b`` minus ``a`` on the same test images, with a paired percentile bootstrap
+    over images (both resampled with the same draws) from ``cells_per_field.csv``."""
+    def counts(folder):
+        rows = {r["name"]: r for r in csv.DictReader(open(folder / "cells_per_field.csv"))}
+        out = {}
+        for k, r in rows.items():
+            n_t, n_p = int(r["n_true"]), int(r["n_pred"])
+            tp = round(float(r["recall50"]) * n_t)
+            out[k] = (tp, n_t + n_p - tp)  # tp, tp + fp + fn
+        return out
+    a, b = counts(eval_a), counts(eval_b)
+    names = sorted(a)
+    ta, da = np.array([a[k][0] for k in names], float), np.array([a[k][1] for k in names], float)
+    tb, db = np.array([b[k][0] for k in names], float), np.array([b[k][1] for k in names], float)
+    w = np.random.default_rng(seed).multinomial(len(names), np.full(len(names), 1 / len(names)), size=n_boot)
+    diff = (w @ tb) / (w @ db) - (w @ ta) / (w @ da)
+    lo, hi = np.percentile(diff, [2.5, 97.5])
+    return {"difference": float(tb.sum() / db.sum() - ta.sum() / da.sum()), "ci95": [float(lo), float(hi)],
+            "fraction_of_draws_above_0": float((diff > 0).mean()), "n_images": len(names)}
+
+
 def _otsu_floor(test_rows: list[dict], out: Path) -> Path:
     from cytogen.evaluate.objects import segment_nuclei
     from cytogen.io.images import Image, read_spec, write_image
@@ -189,6 +211,10 @@ def main() -> int:
                                     if k.startswith("real_plus") for m in ("ap50", "map")},
               "synthetic_only_vs_real_ap50": (by["synthetic_only"]["ap50"] / real["ap50"])
               if "synthetic_only" in by and real["ap50"] else None})
+    for k in by:
+        if k != "real_only" and "real_only" in by:
+            emit({"step": "paired", "compare": f"{k} - real_only",
+                  **paired_ap50_difference(work / "eval_real_only", work / f"eval_{k}")})
     realism = _realism(real_rows, work / "synth")
     print(_table(results))
     name = "results.json" if not a.runs else f"results_{'_'.join(chosen)}.json"
