@@ -57,12 +57,15 @@ def _rows(ids: list[str], split: str, *, masks_to_image: bool = False) -> list[d
     return out
 
 
-def _train(recipe: str, manifest: Path, out: Path, minutes: float, sets: list[str], label: str) -> dict:
+def _train(recipe: str, manifest: Path, out: Path, minutes: float, sets: list[str], label: str,
+           steps: int | None = None) -> dict:
+    """Train for ``minutes``, or for exactly ``steps`` steps (whatever the time) when given."""
     from cytogen.config import bundled_recipe
     from cytogen.workflows.train import train
 
-    s = train(bundled_recipe(recipe), manifest, out, progress=False,
-              overrides=[f"train.max_time_min={minutes}", "train.max_steps=100000", *sets])
+    budget = ([f"train.max_time_min={minutes}", "train.max_steps=100000"] if steps is None
+              else ["train.max_time_min=100000", f"train.max_steps={steps}"])
+    s = train(bundled_recipe(recipe), manifest, out, progress=False, overrides=[*budget, *sets])
     emit({"step": f"train_{label}", "steps": s["steps"], "seconds": s["train_seconds"],
           "best_val_loss": s.get("best_val_loss"), "precision": s.get("precision")})
     return s
@@ -137,6 +140,13 @@ def main() -> int:
     ap.add_argument("--synth-size", type=int, default=256)
     ap.add_argument("--gen-minutes", type=float, default=8.0)
     ap.add_argument("--seg-minutes", type=float, default=5.0)
+    ap.add_argument("--gen-steps", type=int, default=None, help="train the generator this many steps instead")
+    ap.add_argument("--seg-steps", type=int, default=None,
+                    help="train every segmenter this many steps instead of --seg-minutes (fair on a busy machine)")
+    ap.add_argument("--synth-mix", choices=["pooled", "per-image"], default="pooled",
+                    help="synthesize from-masks --mix; per-image also draws each image's area fraction "
+                         "between the real training images' lowest and highest")
+    ap.add_argument("--synth-scale", default=None, metavar="LOW:HIGH", help="synthesize from-masks --scale")
     ap.add_argument("--gen-set", action="append", default=[], metavar="KEY=VALUE", help="generator recipe override")
     ap.add_argument("--seg-set", action="append", default=[], metavar="KEY=VALUE", help="segmenter recipe override")
     ap.add_argument("--runs", default=None, help="comma-separated segmenter runs (default: all five), "
@@ -174,12 +184,15 @@ def main() -> int:
         note(f"reusing the generator ({gen['steps']} steps) and the synthetic images in {work}")
     else:
         gen = _train("masks2nuclei", m_gen, work / "gen", a.gen_minutes,
-                     ["data.batch_size=4", "model.kwargs.kernel_size=5", *a.gen_set], "generator")
+                     ["data.batch_size=4", "model.kwargs.kernel_size=5", *a.gen_set], "generator", a.gen_steps)
         fractions = [float((read_spec(r["target"]).data > 0).mean()) for r in real_rows if r["split"] == "train"]
+        fraction = (min(fractions), max(fractions)) if a.synth_mix == "per-image" else float(np.mean(fractions))
+        scale = tuple(float(v) for v in a.synth_scale.split(":")) if a.synth_scale else None
         syn = synthesize_from_masks(work / "gen" / "model", [r["target"] for r in real_rows if r["split"] == "train"],
-                                    work / "synth", n_images=a.n_synth, size=a.synth_size,
-                                    area_fraction=float(np.mean(fractions)), clustered=0.3, progress=False)
-        emit({"step": "synthesize", **{k: syn[k] for k in ("n_images", "n_nuclei", "area_fraction", "seconds")}})
+                                    work / "synth", n_images=a.n_synth, size=a.synth_size, area_fraction=fraction,
+                                    clustered=0.3, mix=a.synth_mix, scale=scale, progress=False)
+        emit({"step": "synthesize", **{k: syn[k] for k in ("n_images", "n_nuclei", "area_fraction", "seconds")},
+              "mix": a.synth_mix, "scale": scale, "area_fraction_setting": fraction})
     synth_rows = list(csv.DictReader(open(work / "synth" / "manifest.csv")))
     for r in synth_rows:
         r["source"], r["target"] = str(work / "synth" / r["source"]), str(work / "synth" / r["target"])
@@ -198,7 +211,8 @@ def main() -> int:
     results = []
     for label in chosen:
         manifest, extra = runs[label]
-        _train("segment_nuclei2d", manifest, work / f"seg_{label}", a.seg_minutes, [*extra, *a.seg_set], label)
+        _train("segment_nuclei2d", manifest, work / f"seg_{label}", a.seg_minutes, [*extra, *a.seg_set], label,
+               a.seg_steps)
         segment_nuclei(work / f"seg_{label}" / "model", data=m_test_images, split="test", out=work / f"pred_{label}",
                        progress=False)
         results.append(_score(work / f"pred_{label}", m_test, work / f"eval_{label}", label))

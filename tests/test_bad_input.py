@@ -177,6 +177,8 @@ CASES = {
     # masks -> images and the nucleus segmenter
     "segment nuclei translator as segmenter": (lambda r: ["segment", "nuclei", f"{r}/run/model", "--data", f"{r}/good.csv", "--out", f"{r}/s"], "not a nucleus segmenter"),
     "synthesize from-masks translator as generator": (lambda r: ["synthesize", "from-masks", "--model", f"{r}/run/model", "--shapes", f"{r}/none.tif", "--out", f"{r}/fm", "--area-fraction", "0.2"], "masks -> image model"),
+    "synthesize from-masks range reversed": (lambda r: ["synthesize", "from-masks", "--model", f"{r}/run/model", "--shapes", f"{r}/none.tif", "--out", f"{r}/fm", "--area-fraction", "0.4:0.1"], "LOW:HIGH"),
+    "synthesize from-masks no shapes": (lambda r: ["synthesize", "from-masks", "--model", f"{r}/run/model", "--out", f"{r}/fm", "--area-fraction", "0.2"], "--shape-model"),
     "evaluate realism manifest missing": (lambda r: ["evaluate", "realism", "--real", f"{r}/none.csv", "--synthetic", f"{r}/good.csv", "--out", f"{r}/e"], "not found"),
     "statcell perturbation no embeddings": (lambda r: ["statcell", "perturbation", "--embeddings", f"{r}/noemb.csv", "--out", f"{r}/e", "--condition", "dose", "--control", "0"], "embeddings.csv"),
 }

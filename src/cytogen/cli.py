@@ -51,13 +51,33 @@ def _cmd_synth_statcell(a: argparse.Namespace) -> None:
     print(path)
 
 
+def _range(text: str) -> tuple[float, float]:
+    """``LOW:HIGH`` -> (low, high) for argparse."""
+    try:
+        lo, hi = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not LOW:HIGH (two numbers, e.g. 0.8:1.25)") from None
+    return lo, hi
+
+
+def _number_or_range(text: str) -> float | tuple[float, float]:
+    """A number, or ``LOW:HIGH`` for a per-image uniform draw."""
+    if ":" in text:
+        return _range(text)
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or LOW:HIGH") from None
+
+
 def _cmd_synth_from_masks(a: argparse.Namespace) -> None:
     from cytogen.workflows.synthesize_masks import synthesize_from_masks
 
-    s = synthesize_from_masks(a.model, a.shapes, a.out, n_images=a.n_images, size=a.size, density=a.density,
-                              area_fraction=a.area_fraction, pixel_size_um=a.pixel_size_um,
-                              max_overlap=a.max_overlap, clustered=a.clustered, val_fraction=a.val_fraction,
-                              seed=a.seed, precision=a.precision)
+    s = synthesize_from_masks(a.model, a.shapes or [], a.out, n_images=a.n_images, size=a.size, depth=a.depth,
+                              density=a.density, area_fraction=a.area_fraction, pixel_size_um=a.pixel_size_um,
+                              max_overlap=a.max_overlap, clustered=a.clustered, scale=a.scale, mix=a.mix,
+                              shape_model=a.shape_model, n_shapes=a.n_shapes, shape_channel=a.shape_channel,
+                              val_fraction=a.val_fraction, seed=a.seed, precision=a.precision)
     print(json.dumps({k: s[k] for k in ("out", "n_images", "n_nuclei", "nuclei_per_100x100um", "area_fraction",
                                           "seconds")}))
 
@@ -230,13 +250,25 @@ def build_parser() -> argparse.ArgumentParser:
     fm = ssub.add_parser("from-masks", help="random layouts of real nucleus shapes turned into images by a "
                                             "masks -> image generator: images, exact labels and a manifest")
     fm.add_argument("--model", required=True, help="GEN/model of 'cytogen train configs/masks2nuclei.yaml'")
-    fm.add_argument("--shapes", required=True, nargs="+", help="label images whose whole nuclei are the shapes")
+    fm.add_argument("--shapes", nargs="+", default=None, help="label images whose whole nuclei are the shapes")
+    fm.add_argument("--shape-model", default=None,
+                    help="REF/model of 'cytogen train configs/statcell_reference2d.yaml': sample new shapes from it")
+    fm.add_argument("--n-shapes", type=int, default=200, help="shapes sampled from --shape-model (default 200)")
+    fm.add_argument("--shape-channel", default="dna", help="decoded channel of --shape-model: dna (default) or cell")
     fm.add_argument("--out", required=True, help="new folder: images/, labels/, manifest.csv, summary.json")
     fm.add_argument("--n-images", type=int, default=8)
     fm.add_argument("--size", type=int, default=512, help="canvas side in pixels (default 512)")
+    fm.add_argument("--depth", type=int, default=None, help="z planes per canvas (3D generators and shapes)")
     dens = fm.add_mutually_exclusive_group(required=True)
-    dens.add_argument("--density", type=float, help="nuclei per 100 x 100 um (needs a pixel size)")
-    dens.add_argument("--area-fraction", type=float, help="labelled fraction of the canvas, e.g. 0.3")
+    dens.add_argument("--density", type=_number_or_range,
+                      help="nuclei per 100 x 100 um (needs a pixel size); LOW:HIGH draws one per image")
+    dens.add_argument("--area-fraction", type=_number_or_range,
+                      help="labelled fraction of the canvas, e.g. 0.3; LOW:HIGH draws one per image")
+    fm.add_argument("--scale", type=_range, default=None,
+                    help="LOW:HIGH: each image's nuclei scaled by one uniform draw (default: their own size)")
+    fm.add_argument("--mix", choices=["pooled", "per-image"], default="pooled",
+                    help="pooled: every image uses all shapes; per-image: each image the shapes of one label "
+                         "image (or of the shape model), chosen at random")
     fm.add_argument("--pixel-size-um", type=float, default=None,
                     help="pixel size of the label images where their files record none")
     fm.add_argument("--max-overlap", type=float, default=0.0,

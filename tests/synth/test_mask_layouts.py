@@ -62,3 +62,64 @@ def test_density_and_clustering_take_effect():
         random_layout(ShapeLibrary(lib.shapes, None), 64, density=5.0)
     with pytest.raises(CytogenError, match="not both"):
         random_layout(lib, 64, density=5.0, area_fraction=0.2)
+
+
+def _ellipse(shape, centre, radii, angle_deg=0.0):
+    yy, xx = np.mgrid[:shape[0], :shape[1]].astype(float)
+    t = np.deg2rad(angle_deg)
+    dy, dx = yy - centre[0], xx - centre[1]
+    u, v = dy * np.cos(t) - dx * np.sin(t), dy * np.sin(t) + dx * np.cos(t)
+    return (u / radii[0]) ** 2 + (v / radii[1]) ** 2 <= 1
+
+
+def test_rotation_keeps_the_shape_and_a_smooth_outline():
+    from cytogen.synth.mask_layouts import _transformed
+
+    shape = np.pad(_ellipse((25, 15), (12, 7), (11, 6)), 1)
+    for angle in (30.0, 73.0, 145.0):
+        rot = _transformed(shape, angle, False)
+        # against the ellipse drawn analytically at that angle, centred in the rotated crop
+        c = ((rot.shape[0] - 1) / 2, (rot.shape[1] - 1) / 2)
+        best = max((_ellipse(rot.shape, c, (11, 6), s * angle) & rot).sum() / (_ellipse(rot.shape, c, (11, 6), s * angle)
+                                                                             | rot).sum() for s in (1, -1))
+        assert best > 0.9
+        assert abs(int(rot.sum()) - int(shape.sum())) <= 0.05 * shape.sum()
+    assert np.array_equal(_transformed(shape, 0.0, True), shape[:, ::-1])
+
+
+def test_rescaled_and_shape_indices_take_effect():
+    lib = ShapeLibrary.from_labels([_ellipse((40, 40), (20, 20), (8, 5)).astype(np.int32),
+                                    (np.pad(np.ones((6, 6), np.int32), 10) * 1)], 0.5)
+    assert lib.sources == [0, 1] and lib.ndim == 2
+    big = lib.rescaled(2.0)
+    assert np.allclose(big.areas(), 4 * lib.areas(), rtol=0.15) and big.pixel_size_um == 0.5 and big.sources == [0, 1]
+    labels, placed = random_layout(lib, 128, area_fraction=0.2, shape_indices=np.array([1]),
+                                   rng=np.random.default_rng(0))
+    assert placed and all(p.shape == 1 for p in placed)
+    with pytest.raises(CytogenError, match="shape_indices"):
+        random_layout(lib, 64, area_fraction=0.2, shape_indices=np.array([5]))
+
+
+def test_3d_layouts_keep_exact_masks_and_rotate_about_z():
+    zz, yy, xx = np.mgrid[:12, :40, :40].astype(float)
+    lab = np.zeros((12, 40, 40), np.int32)
+    lab[((zz - 5.5) / 3) ** 2 + ((yy - 12) / 7) ** 2 + ((xx - 12) / 4) ** 2 <= 1] = 1
+    lab[((zz - 6) / 2.5) ** 2 + ((yy - 28) / 5) ** 2 + ((xx - 28) / 5) ** 2 <= 1] = 2
+    lab[0:3, 30:35, 2:6] = 3  # touches z = 0: not whole, left out
+    lib = ShapeLibrary.from_labels([lab], 0.5, z_step_um=1.0)
+    assert len(lib) == 2 and lib.ndim == 3
+    labels, placed = random_layout(lib, (16, 64, 64), area_fraction=0.15, max_overlap=0.2,
+                                   rng=np.random.default_rng(2))
+    assert labels.shape == (16, 64, 64) and len(placed) > 5
+    covered = np.zeros(labels.shape, bool)
+    for p in placed:
+        full = placed_footprint(lib, p, labels.shape)
+        assert np.array_equal(labels == p.label, full & ~covered)
+        covered |= full
+        zs = np.flatnonzero(full.any(axis=(1, 2)))  # rotation is about the optical axis: z extent kept
+        if zs.size and 0 < zs[0] and zs[-1] < 15:
+            assert zs.size == lib.shapes[p.shape].any(axis=(1, 2)).sum()
+    with pytest.raises(CytogenError, match=r"\(Z, Y, X\)"):
+        random_layout(lib, 64, area_fraction=0.1)
+    _, dense = random_layout(lib, (16, 200, 200), density=25.0, rng=np.random.default_rng(0))
+    assert len(dense) == 25  # per 100 x 100 um of canvas area (200 px at 0.5 um), whole depth
