@@ -147,6 +147,9 @@ def main() -> int:
                     help="synthesize from-masks --mix; per-image also draws each image's area fraction "
                          "between the real training images' lowest and highest")
     ap.add_argument("--synth-scale", default=None, metavar="LOW:HIGH", help="synthesize from-masks --scale")
+    ap.add_argument("--synth-dir", default="synth",
+                    help="folder name (in WORK) of the synthetic set; with --reuse a new name makes a second set "
+                         "from the same generator, and its runs are named <run>_<synth-dir>")
     ap.add_argument("--gen-set", action="append", default=[], metavar="KEY=VALUE", help="generator recipe override")
     ap.add_argument("--seg-set", action="append", default=[], metavar="KEY=VALUE", help="segmenter recipe override")
     ap.add_argument("--runs", default=None, help="comma-separated segmenter runs (default: all five), "
@@ -179,26 +182,31 @@ def main() -> int:
     m_test = write_rows(work / "m_test.csv", test_rows)  # the truth of 'evaluate cells' (cells column)
     m_test_images = write_rows(work / "m_test_images.csv", _rows(sp["test"], "test"))  # what is segmented
 
-    if a.reuse and (work / "synth" / "manifest.csv").exists():
+    sdir = work / a.synth_dir
+    if a.reuse and (work / "gen" / "train_summary.json").exists():
         gen = json.loads((work / "gen" / "train_summary.json").read_text())
-        note(f"reusing the generator ({gen['steps']} steps) and the synthetic images in {work}")
+        note(f"reusing the generator ({gen['steps']} steps) in {work}")
     else:
         gen = _train("masks2nuclei", m_gen, work / "gen", a.gen_minutes,
                      ["data.batch_size=4", "model.kwargs.kernel_size=5", *a.gen_set], "generator", a.gen_steps)
+    if a.reuse and (sdir / "manifest.csv").exists():
+        note(f"reusing the synthetic images in {sdir}")
+    else:
         fractions = [float((read_spec(r["target"]).data > 0).mean()) for r in real_rows if r["split"] == "train"]
         fraction = (min(fractions), max(fractions)) if a.synth_mix == "per-image" else float(np.mean(fractions))
         scale = tuple(float(v) for v in a.synth_scale.split(":")) if a.synth_scale else None
         syn = synthesize_from_masks(work / "gen" / "model", [r["target"] for r in real_rows if r["split"] == "train"],
-                                    work / "synth", n_images=a.n_synth, size=a.synth_size, area_fraction=fraction,
+                                    sdir, n_images=a.n_synth, size=a.synth_size, area_fraction=fraction,
                                     clustered=0.3, mix=a.synth_mix, scale=scale, progress=False)
         emit({"step": "synthesize", **{k: syn[k] for k in ("n_images", "n_nuclei", "area_fraction", "seconds")},
               "mix": a.synth_mix, "scale": scale, "area_fraction_setting": fraction})
-    synth_rows = list(csv.DictReader(open(work / "synth" / "manifest.csv")))
+    synth_rows = list(csv.DictReader(open(sdir / "manifest.csv")))
     for r in synth_rows:
-        r["source"], r["target"] = str(work / "synth" / r["source"]), str(work / "synth" / r["target"])
-    m_mix = write_rows(work / "m_mix.csv", [{**r, "group": "real"} for r in real_rows]
+        r["source"], r["target"] = str(sdir / r["source"]), str(sdir / r["target"])
+    tag = "" if a.synth_dir == "synth" else f"_{a.synth_dir}"  # runs on another synthetic set are named apart
+    m_mix = write_rows(work / f"m_mix{tag}.csv", [{**r, "group": "real"} for r in real_rows]
                        + [{**r, "split": "train", "group": "synthetic"} for r in synth_rows])
-    m_syn = write_rows(work / "m_syn.csv", synth_rows)
+    m_syn = write_rows(work / f"m_syn{tag}.csv", synth_rows)
 
     runs = {"real_only": (m_real, []), "real_plus_synthetic": (m_mix, []),
             "real_plus_synthetic_balanced": (m_mix, ["data.balance_groups=true"]),  # half the patches real
@@ -209,8 +217,9 @@ def main() -> int:
         note(f"unknown --runs {sorted(unknown)}; choose from {list(runs)}")
         return 2
     results = []
-    for label in chosen:
-        manifest, extra = runs[label]
+    for run in chosen:
+        manifest, extra = runs[run]
+        label = run + (tag if manifest in (m_mix, m_syn) else "")
         _train("segment_nuclei2d", manifest, work / f"seg_{label}", a.seg_minutes, [*extra, *a.seg_set], label,
                a.seg_steps)
         segment_nuclei(work / f"seg_{label}" / "model", data=m_test_images, split="test", out=work / f"pred_{label}",
@@ -219,19 +228,22 @@ def main() -> int:
     results.append(_score(_otsu_floor(test_rows, work / "pred_otsu"), m_test, work / "eval_otsu",
                           "otsu_watershed_floor"))
     by = {r["result"]: r for r in results}
+    if not (work / "eval_real_only").is_dir():
+        note("no real_only run in this folder: no paired differences")
     if "real_only" in by:
         real = by["real_only"]
         emit({"step": "verdict", **{f"{k}_beats_real_{m}": by[k][m] > real[m] for k in by
                                     if k.startswith("real_plus") for m in ("ap50", "map")},
-              "synthetic_only_vs_real_ap50": (by["synthetic_only"]["ap50"] / real["ap50"])
-              if "synthetic_only" in by and real["ap50"] else None})
+              "synthetic_only_vs_real_ap50": (by["synthetic_only" + tag]["ap50"] / real["ap50"])
+              if "synthetic_only" + tag in by and real["ap50"] else None})
+    evals = {k: work / ("eval_otsu" if k == "otsu_watershed_floor" else f"eval_{k}") for k in by}
     for k in by:
-        if k != "real_only" and "real_only" in by:
+        if k != "real_only" and (work / "eval_real_only").is_dir():
             emit({"step": "paired", "compare": f"{k} - real_only",
-                  **paired_ap50_difference(work / "eval_real_only", work / f"eval_{k}")})
-    realism = _realism(real_rows, work / "synth")
+                  **paired_ap50_difference(work / "eval_real_only", evals[k])})
+    realism = _realism(real_rows, sdir)
     print(_table(results))
-    name = "results.json" if not a.runs else f"results_{'_'.join(chosen)}.json"
+    name = "results.json" if not a.runs else f"results_{'_'.join(chosen)}{tag}.json"
     (work / name).write_text(json.dumps({"split": sp, "results": results, "realism": realism,
                                          "generator_steps": gen["steps"]}, indent=2, default=str))
     if not a.runs:
