@@ -155,10 +155,12 @@ def main() -> int:
     ap.add_argument("--runs", default=None, help="comma-separated segmenter runs (default: all five), "
                     "e.g. real_only,real_plus_synthetic_balanced")
     ap.add_argument("--reuse", action="store_true", help="reuse WORK's generator and synthetic images (with --out)")
-    ap.add_argument("--figure-from", default=None, metavar="WORK", help="only draw WORK/masks_dsb.png from a finished run")
+    ap.add_argument("--figure-from", default=None, metavar="WORK",
+                    help="only draw WORK/masks_dsb.png from a finished run (merges the results of "
+                         "separate --runs; synthetic tiles from --synth-dir)")
     a = ap.parse_args()
     if a.figure_from:
-        note(f"wrote {figure(Path(a.figure_from))}")
+        note(f"wrote {figure(Path(a.figure_from), a.synth_dir)}")  # merges the results of separate --runs
         return 0
     if not DSB.is_dir():
         note(f"{DSB} not found: this benchmark needs ../shared/data/dsb2018_nuclei")
@@ -247,12 +249,29 @@ def main() -> int:
     (work / name).write_text(json.dumps({"split": sp, "results": results, "realism": realism,
                                          "generator_steps": gen["steps"]}, indent=2, default=str))
     if not a.runs:
-        figure(work)
+        figure(work, a.synth_dir)
     note(f"outputs in {work} (figure: masks_dsb.png)")
     return 0
 
 
-def figure(work: Path) -> Path:
+def _merged_results(work: Path) -> dict:
+    """``results.json``, or the rows of every ``results_*.json`` of separate ``--runs`` (first wins)."""
+    files = [work / "results.json"] if (work / "results.json").exists() else sorted(work.glob("results_*.json"))
+    if not files:
+        raise SystemExit(f"no results*.json in {work}: run the benchmark there first")
+    merged, seen = None, set()
+    for f in files:
+        res = json.loads(f.read_text())
+        merged = merged or {**res, "results": []}
+        for r in res["results"]:
+            if r["result"] not in seen:
+                seen.add(r["result"])
+                merged["results"].append(r)
+    merged["results"].sort(key=lambda r: r["result"] == "otsu_watershed_floor")  # the floor last
+    return merged
+
+
+def figure(work: Path, synth_dir: str = "synth") -> Path:
     """``WORK/masks_dsb.png``: real vs synthetic crops with outlines, and AP with intervals per segmenter."""
     from matplotlib.figure import Figure
 
@@ -260,13 +279,14 @@ def figure(work: Path) -> Path:
     from cytogen.report.cellseg_figures import outline_rgb
     from cytogen.report.figures import save_figure
 
-    res = json.loads((work / "results.json").read_text())
+    res = _merged_results(work)
     real_ids = res["split"]["real"][:2]
-    synth = list(csv.DictReader(open(work / "synth" / "manifest.csv")))[:2]
+    sdir = work / synth_dir
+    synth = list(csv.DictReader(open(sdir / "manifest.csv")))[:2]
     fig = Figure(figsize=(15, 6.5))
     grid = fig.add_gridspec(2, 5)
     tiles = [(f"real {i[:8]}", str(DSB / "images" / f"{i}.png"), str(DSB / "labels" / f"{i}.tif")) for i in real_ids]
-    tiles += [(f"synthetic {r['name']}", str(work / "synth" / r["source"]), str(work / "synth" / r["target"]))
+    tiles += [(f"synthetic {r['name']}", str(sdir / r["source"]), str(sdir / r["target"]))
               for r in synth]
     for k, (title, img, lab) in enumerate(tiles):
         ax = fig.add_subplot(grid[k // 2, k % 2])
