@@ -166,3 +166,12 @@ def test_bad_inputs_raise_clear_errors():
         cell_scores(TRUTH, TRUTH.astype(np.float32) + 0.5)
     with pytest.raises(CytogenError, match="thresholds"):
         cell_scores(TRUTH, TRUTH, thresholds=(0.0,))
+
+
+def test_pooling_only_empty_fields_is_refused():
+    # per field, nothing against nothing scores 1.0; a whole set of them must not report a perfect AP
+    empty = np.zeros_like(TRUTH)
+    with pytest.raises(CytogenError, match="nothing to score"):
+        pool_cell_scores([cell_scores(empty, empty), cell_scores(empty, empty)])
+    p = pool_cell_scores([cell_scores(empty, empty), cell_scores(TRUTH, TRUTH)])
+    assert p["ap50"] == 1.0 and p["n_true"] == p["n_pred"] > 0

@@ -148,6 +148,19 @@ def test_constant_model_gives_the_known_integration(world, tmp_path, bias, thres
     assert s["n_cells"] == len(np.unique(expect)) - 1
 
 
+def test_a_model_that_finds_no_cell_says_so(world, tmp_path):
+    """p = sigmoid(-5) everywhere: markers but no cell is a warning in the summary, not a quiet success."""
+    root, _ = world
+    model = _cellseg_folder(tmp_path / "model", bias=-5.0)
+    with pytest.warns(UserWarning, match="no cell"):
+        s = segment_cells(model, root / "data" / "M.csv", tmp_path / "out", split="train", markers_from="markers",
+                          progress=False)
+    assert s["n_markers"] > 0 and s["n_cells"] == 0 and "under-trained" in s["warnings"][0]
+    ok = segment_cells(_cellseg_folder(tmp_path / "m2", bias=5.0), root / "data" / "M.csv",
+                       tmp_path / "out2", split="train", markers_from="markers", progress=False)
+    assert ok["n_cells"] > 0 and ok["warnings"] == []
+
+
 def test_bad_inputs_raise_one_clear_error(world, tmp_path, monkeypatch):
     root, _ = world
     data = root / "data"

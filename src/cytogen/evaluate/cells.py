@@ -212,6 +212,10 @@ def pool_cell_scores(fields: list[dict], *, n_boot: int = 2000, seed: int = 0) -
     n_matched = sum(f["n_matched"] for f in fields)
     total = sum(f["sum_iou_matched"] for f in fields)
     empty = n_true == 0 and n_pred == 0
+    if empty:  # a perfect score of nothing against nothing would flatter (one field may be empty, not all)
+        raise CytogenError(f"none of the {len(fields)} field(s) has a cell in either the prediction or the truth: "
+                           "there is nothing to score; check that the segmentation produced cells "
+                           "(its summary.json n_cells) and that the truth holds labels.")
     scores = aggregate_scores([f["scores"] for f in fields])
     per_field = np.array([f["miou_matched"] for f in fields if f["n_matched"] > 0], dtype=np.float64)
     sums = np.array([f["sum_iou_matched"] for f in fields], dtype=np.float64)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -317,6 +318,13 @@ def segment_cells(model_dir: str | Path | None, data: str | Path, out: str | Pat
                    "patch_size": list(runner.size) if runner else None,
                    "settings": settings, "marker_errors": _pool_errors(rows), "fields": rows}
         summary["seconds"] = round(time.perf_counter() - t0, 3)
+        summary["warnings"] = []
+        if summary["n_markers"] and not summary["n_cells"]:  # e.g. an under-trained model below the threshold
+            summary["warnings"].append(
+                f"{summary['n_markers']} markers but no cell: every patch probability stayed below the threshold "
+                f"{thr if method == 'model' else '(propagation)'}; the model may be under-trained (see its "
+                "train_summary.json) or the foreground empty; try more steps or a lower --threshold.")
+            warnings.warn(f"{out}: {summary['warnings'][-1]}", stacklevel=2)
         write_report(tmp / "report.html", "cytogen: cell segmentation", _sections(summary, panels),
                      subtitle=f"data: {data}; method: {method}")
         write_json(tmp / "summary.json", summary)
