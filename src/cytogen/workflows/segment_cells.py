@@ -250,7 +250,8 @@ def segment_cells(model_dir: str | Path | None, data: str | Path, out: str | Pat
     dict
         The ``summary.json`` content: ``out, method, model, data, split, n_fields, n_markers, n_cells,
         marker_source, threshold, patch_size, seconds, fields`` (one row per field) and ``marker_errors``
-        (pooled false-negative / false-positive rates at 15 um against the reference markers, or None).
+        (pooled false-negative / false-positive rates at 15 um against the reference markers, or None),
+        ``warnings`` (list of str; also issued as ``UserWarning``: markers but no cell at all).
 
     Raises
     ------
