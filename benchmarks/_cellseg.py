@@ -58,9 +58,15 @@ def segment(model: Path | None, data: Path, out: Path, label: str, **kw: Any) ->
 
 
 def score(pred: Path, truth: Path, out: Path, label: str, **kw: Any) -> dict:
+    from cytogen.errors import CytogenError
     from cytogen.workflows.evaluate_cells import evaluate_cells
 
-    s = evaluate_cells(pred, truth, out, **kw)
+    try:
+        s = evaluate_cells(pred, truth, out, **kw)
+    except CytogenError as exc:  # e.g. no cell on either side: a row that says so, not a crash or a score
+        row = {"result": label, "error": str(exc)}
+        emit({"step": "evaluate", **row})
+        return row
     row = {"result": label, "n_fields": s["n_fields"], "n_true": s["n_true"], "n_pred": s["n_pred"],
            "miou_matched": s["miou_matched"], "miou_foreground_only": s["miou_foreground_only"],
            "miou_all_true": s.get("miou_all_true"), "ap50": s["ap50"],
