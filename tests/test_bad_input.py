@@ -246,3 +246,19 @@ def test_constant_images_and_empty_masks_are_handled(tmp_path):
                  *TINY]) == 0
     assert main(["predict", str(tmp_path / "run" / "model"), str(tmp_path / "img" / "s0.tif"), "--out",
                  str(tmp_path / "p")]) == 0
+
+
+def test_cli_prints_cytogens_warnings_as_one_line(tmp_path):
+    import warnings
+
+    from cytogen.cli import _format_warning, main
+
+    ours = _format_warning("12 markers but no cell", UserWarning, "/x/site-packages/cytogen/workflows/s.py", 3)
+    assert ours == "cytogen: warning: 12 markers but no cell\n"
+    theirs = _format_warning("deprecated", DeprecationWarning, "/x/site-packages/lightning/a.py", 7, "code")
+    assert "DeprecationWarning" in theirs and "a.py:7" in theirs
+    before = warnings.formatwarning
+    (tmp_path / "p").mkdir()
+    assert main(["evaluate", "cells", "--pred", str(tmp_path / "p"), "--truth", str(tmp_path / "p"),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert warnings.formatwarning is before  # main() restores it, also after an error

@@ -1,7 +1,7 @@
 """Command line: ``cytogen <verb> ...``. Parses arguments and calls workflows, nothing more.
 
 User mistakes (:class:`~cytogen.errors.CytogenError`) are printed as one line without a
-traceback and the process exits with status 2.
+traceback and the process exits with status 2; cytogen's own warnings print as one line too.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from cytogen import __version__
@@ -388,9 +389,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_DEFAULT_FORMATWARNING = warnings.formatwarning
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """cytogen's warnings as ``cytogen: warning: ...`` (no source line); other libraries' as usual."""
+    if "cytogen" in Path(filename).parts:
+        return f"cytogen: warning: {message}\n"
+    return _DEFAULT_FORMATWARNING(message, category, filename, lineno, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
+    warnings.formatwarning = _format_warning
     try:
         args.func(args)
     except CytogenError as exc:
@@ -400,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cytogen: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = _DEFAULT_FORMATWARNING  # main() may be called in-process (tests, scripts)
     return 0
 
 

@@ -321,10 +321,11 @@ def segment_cells(model_dir: str | Path | None, data: str | Path, out: str | Pat
         summary["seconds"] = round(time.perf_counter() - t0, 3)
         summary["warnings"] = []
         if summary["n_markers"] and not summary["n_cells"]:  # e.g. an under-trained model below the threshold
-            summary["warnings"].append(
-                f"{summary['n_markers']} markers but no cell: every patch probability stayed below the threshold "
-                f"{thr if method == 'model' else '(propagation)'}; the model may be under-trained (see its "
-                "train_summary.json) or the foreground empty; try more steps or a lower --threshold.")
+            why = (f"every patch probability stayed below the threshold {thr}; the model may be under-trained "
+                   "(see its train_summary.json) or the foreground empty; try more steps or a lower --threshold"
+                   if method == "model" else "the foreground holds none of the markers; check the foreground "
+                   "(DIR/foreground/<name>.tif) and the marker settings")
+            summary["warnings"].append(f"{summary['n_markers']} markers but no cell: {why}.")
             warnings.warn(f"{out}: {summary['warnings'][-1]}", stacklevel=2)
         write_report(tmp / "report.html", "cytogen: cell segmentation", _sections(summary, panels),
                      subtitle=f"data: {data}; method: {method}")
