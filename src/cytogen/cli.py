@@ -386,6 +386,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_cells_parser(sub)
     add_statcell_parser(sub)
+
+    from cytogen.cli_exclusivity import add_evaluate_exclusivity_parser
+    from cytogen.cli_retrain import add_retrain_parser
+    from cytogen.cli_shapes import add_evaluate_positions_parser, add_evaluate_shapes_parser
+
+    add_evaluate_exclusivity_parser(esub)
+    add_evaluate_shapes_parser(esub)
+    add_evaluate_positions_parser(esub)
+    add_retrain_parser(sub)
     return p
 
 
