@@ -24,6 +24,25 @@ from cytogen.io import atomic
 from cytogen.io.images import read_image, read_spec, stack_channels
 
 
+#: Image file endings cytogen reads, longest first (``a.ome.tif`` is field ``a``).
+IMAGE_SUFFIXES = (".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr", ".png")
+
+
+def field_name(path: Path) -> str | None:
+    """The field name of an image file (its name without the image ending), or None if not an image."""
+    low = path.name.lower()
+    for suffix in IMAGE_SUFFIXES:
+        if low.endswith(suffix) and len(low) > len(suffix):
+            return path.name[: -len(suffix)]
+    return None
+
+
+def image_files(folder: Path) -> dict[str, Path]:
+    """``{field name: path}`` of the images in a folder (hidden files skipped), sorted by name."""
+    found = {n: p for p in sorted(folder.iterdir()) if not p.name.startswith(".") and (n := field_name(p))}
+    return dict(sorted(found.items()))
+
+
 def find_prediction(pred_dir: Path, name: str) -> Path | None:
     """The prediction file ``PRED/<name>.<suffix>`` for a field, or None."""
     for suffix in (".tif", ".tiff", ".ome.tif", ".ome.zarr", ".zarr", ".png"):

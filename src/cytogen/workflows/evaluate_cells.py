@@ -24,21 +24,12 @@ from cytogen.io.atomic import atomic_dir
 from cytogen.io.images import Image, read_image, read_spec
 from cytogen.report.figures import save_figure
 from cytogen.report.html import Section, write_report
-from cytogen.workflows.evaluate import find_prediction, write_csv, write_json
+from cytogen.workflows.evaluate import field_name, find_prediction, write_csv, write_json
 
 __all__ = ["OUTPUTS", "collect_cell_fields", "evaluate_cells", "read_labels"]
 
 OUTPUTS = ("cells_per_field.csv", "scores.csv", "summary.json", "ap_vs_iou.png", "report.html")
-LABEL_SUFFIXES = (".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr", ".png")
 TRUTH_KINDS = {"manifest": "ground-truth labels", "folder": "another segmentation"}
-
-
-def _field_name(path: Path) -> str | None:
-    low = path.name.lower()
-    for suffix in LABEL_SUFFIXES:
-        if low.endswith(suffix) and len(low) > len(suffix):
-            return path.name[: -len(suffix)]
-    return None
 
 
 def read_labels(image: Image, where: str) -> np.ndarray:
@@ -90,7 +81,7 @@ def collect_cell_fields(pred: Path, truth: Path, split: str | None = None) -> tu
             raise CytogenError(f"--split {split} selects rows of an M.csv, but --truth {truth} is a folder of "
                                "label images; drop --split or give the M.csv")
         fields = [{"name": n, "split": "", "truth": str(p)} for p in sorted(truth.iterdir())
-                  if not p.name.startswith(".") and (n := _field_name(p)) is not None]
+                  if not p.name.startswith(".") and (n := field_name(p)) is not None]
         if not fields:
             raise CytogenError(f"--truth {truth}: no label images (<name>.tif / .png / .zarr) in the folder")
         kind, skipped = "folder", 0
@@ -122,7 +113,7 @@ def collect_cell_fields(pred: Path, truth: Path, split: str | None = None) -> tu
                            f"{shown}; segment them (same M.csv and --split) or restrict the truth with --split")
     names = {f["name"] for f in fields}
     unscored = sum(1 for p in pred.iterdir() if not p.name.startswith(".")
-                   and (n := _field_name(p)) is not None and n not in names)
+                   and (n := field_name(p)) is not None and n not in names)
     return fields, {"truth_kind": TRUTH_KINDS[kind], "n_fields_without_truth": skipped,
                     "n_pred_unscored": unscored}
 
