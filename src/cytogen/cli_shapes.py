@@ -58,7 +58,7 @@ def _cmd_evaluate_positions(a) -> None:
                            pred_nuclei=a.pred_nuclei, pixel_size_um=a.pixel_size_um, n_permutations=a.permutations,
                            bandwidth=a.bandwidth, seed=a.seed, exclude_border=a.exclude_border, radius=a.radius,
                            align=a.align, permute_by=a.permute_by, real_splits=a.real_splits,
-                           shape_vs_position=a.shape_vs_position)
+                           shape_vs_position=a.shape_vs_position, centre=a.centre)
     print(json.dumps({k: s.get(k) for k in ("out", "n_objects_real", "n_objects_generated", "n_cells_real",
                                             "n_cells_generated", "kl", "p_permutation", "p_real_vs_real",
                                             "median_rho_real", "median_rho_generated", "seconds")}))
@@ -73,7 +73,8 @@ def add_evaluate_positions_parser(esub) -> None:
     e.add_argument("--pred", required=True, nargs="+", help=f"generated objects: {lab}")
     e.add_argument("--cells", required=True, nargs="+",
                    help="cell labels of the real fields, paired by file name ('a.tif' or 'a_cells.tif' for 'a_x.tif')")
-    e.add_argument("--nuclei", required=True, nargs="+", help="nucleus labels of the real fields, paired likewise")
+    e.add_argument("--nuclei", nargs="+", default=None,
+                   help="nucleus labels of the real fields, paired likewise (needed unless --centre cell)")
     e.add_argument("--pred-cells", nargs="+", default=None, help="cell labels of the generated fields (default --cells)")
     e.add_argument("--pred-nuclei", nargs="+", default=None,
                    help="nucleus labels of the generated fields (default --nuclei)")
@@ -89,6 +90,9 @@ def add_evaluate_positions_parser(esub) -> None:
     e.add_argument("--radius", choices=("shell", "fraction"), default="shell",
                    help="shell (default): 0 nucleus centre, 0.5 nucleus boundary, 1 membrane; fraction: the "
                         "paper's distance from the nucleus centre over the distance to the membrane")
+    e.add_argument("--centre", choices=("nucleus", "cell"), default="nucleus",
+                   help="frame origin: each cell's nucleus centroid (default) or its cell centroid (e.g. to place "
+                        "the nuclei themselves in their cells; --radius is then the fraction)")
     e.add_argument("--align", choices=("xy", "full"), default="xy",
                    help="3D: turn cells about z only (default) or by their three principal axes")
     e.add_argument("--permute-by", choices=("object", "cell"), default="object",

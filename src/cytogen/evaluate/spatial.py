@@ -104,6 +104,16 @@ def _spacing(spacing: Sequence[float] | float | None, ndim: int) -> np.ndarray:
     return s
 
 
+def _int_labels(a: np.ndarray) -> np.ndarray:
+    """Integer labels without a copy where they are integers already (large 3D fields)."""
+    a = np.asarray(a)
+    if a.dtype.kind in "iu":
+        return a
+    if a.dtype == bool:
+        return a.astype(np.uint8)
+    return a.astype(np.int64)
+
+
 def _skew(v: np.ndarray) -> float:
     sd = v.std()
     return 0.0 if sd == 0 else float(np.mean(((v - v.mean()) / sd) ** 3))
@@ -158,7 +168,7 @@ def cell_frames(cells: np.ndarray, nuclei: np.ndarray | None, spacing: Sequence[
     if centre == "nucleus" and nuclei is None:
         raise CytogenError("centre='nucleus' needs nucleus labels")
     sp = _spacing(spacing, cells.ndim)
-    lab = cells.astype(np.int64, copy=False)
+    lab = _int_labels(cells)
     out: dict[int, CellFrame | None] = {}
     lat = range(cells.ndim - 2, cells.ndim)  # the lateral (Y, X) image borders
     for i, sl in enumerate(ndi.find_objects(lab)):
@@ -189,7 +199,7 @@ def cell_frames(cells: np.ndarray, nuclei: np.ndarray | None, spacing: Sequence[
 def object_centroids(objects: np.ndarray, spacing: Sequence[float] | float | None = None
                      ) -> tuple[np.ndarray, np.ndarray]:
     """Labels and centroids (um, (z,) y, x) of the objects of an instance label image."""
-    lab = np.asarray(objects).astype(np.int64, copy=False)
+    lab = _int_labels(objects)
     sp = _spacing(spacing, lab.ndim)
     ids, cents = [], []
     for i, sl in enumerate(ndi.find_objects(lab)):

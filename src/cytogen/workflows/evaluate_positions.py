@@ -187,8 +187,8 @@ def evaluate_positions(real: Any, pred: Any, cells: Any, nuclei: Any, out: str |
                        pred_cells: Any = None, pred_nuclei: Any = None, pixel_size_um: Sequence[float] | None = None,
                        n_permutations: int = 1000, bandwidth: float | None = None, seed: int = 0,
                        exclude_border: bool = False, radius: str = "shell", align: str = "xy",
-                       permute_by: str = "object", real_splits: int = 10, shape_vs_position: bool = False
-                       ) -> dict[str, Any]:
+                       permute_by: str = "object", real_splits: int = 10, shape_vs_position: bool = False,
+                       centre: str = "nucleus") -> dict[str, Any]:
     """Compare the positions of real and generated objects (module docstring); returns ``summary.json``."""
     from cytogen.report.spatial_figures import positions_figure, positions_report
 
@@ -197,7 +197,11 @@ def evaluate_positions(real: Any, pred: Any, cells: Any, nuclei: Any, out: str |
     if permute_by not in ("object", "cell"):
         raise CytogenError(f"--permute-by must be 'object' or 'cell', got {permute_by!r}")
     t0 = time.perf_counter()
-    kw = {"pixel_size_um": pixel_size_um, "exclude_border": exclude_border, "align": align}
+    if centre not in ("nucleus", "cell"):
+        raise CytogenError(f"--centre must be 'nucleus' or 'cell', got {centre!r}")
+    if centre == "nucleus" and not nuclei:
+        raise CytogenError("give --nuclei (the frame is centred on each cell's nucleus), or --centre cell")
+    kw = {"pixel_size_um": pixel_size_um, "exclude_border": exclude_border, "align": align, "centre": centre}
     pos, info = {}, {}
     pos["real"], info["real"] = measure_side(real, cells, nuclei, "real", **kw)
     pos["generated"], info["generated"] = measure_side(pred, pred_cells or cells, pred_nuclei or nuclei,
@@ -215,9 +219,10 @@ def evaluate_positions(real: Any, pred: Any, cells: Any, nuclei: Any, out: str |
                            n_permutations=min(n_permutations, 200), bandwidth=test["bandwidth"], seed=seed,
                            permute_groups=permute_by == "cell")
     summary: dict[str, Any] = {
-        "frame": {"radius": radius, "centre": "nucleus centroid", "align": align,
-                  "meaning": "0 = nucleus centre, 0.5 = nucleus boundary, 1 = membrane" if radius == "shell"
-                  else "fractional distance: 0 = nucleus centre, 1 = membrane"},
+        "frame": {"radius": radius, "centre": f"{centre} centroid", "align": align,
+                  "meaning": "0 = nucleus centre, 0.5 = nucleus boundary, 1 = membrane"
+                  if radius == "shell" and centre == "nucleus"
+                  else f"fractional distance: 0 = {centre} centre, 1 = membrane"},
         **{f"n_objects_{s}": len(p) for s, p in pos.items()},
         **{f"n_cells_{s}": int(len(np.unique(groups[s]))) for s in pos},
         "counts": {s: p.counts for s, p in pos.items()}, "inputs": info,
