@@ -84,6 +84,11 @@ class LossConfig:
     name: str = "l1"
     alpha: float = 10.0
     mask: str = "auto"
+    #: weight p of the exclusivity term (Sun et al. 2022, Eq 1; :mod:`cytogen.losses.exclusivity`);
+    #: > 0 needs a ``reference`` image per manifest row (frozen max of the other structures)
+    exclusivity_weight: float = 0.0
+    #: the term is zero once prediction and reference differ by this much (target-normalised units)
+    exclusivity_margin: float = 1.0
 
 
 @dataclass

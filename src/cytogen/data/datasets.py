@@ -28,6 +28,8 @@ class RawField:
     target: Image | None
     mask: np.ndarray | None  # spatial bool array
     split: str = "train"
+    #: the manifest's ``reference`` image (C, ...) float32, as read (no normalisation), or None
+    reference: np.ndarray | None = None
 
 
 @dataclass
@@ -41,6 +43,8 @@ class Field:
     fg_index: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     #: label -> channel of a label-image source whose arrangement is fixed (no re-arrangement)
     assignment: dict[int, int] | None = None
+    #: aligned reference (C, ...) float32 cropped with each patch as ``"reference"`` (exclusivity)
+    reference: np.ndarray | None = None
 
 
 def _read_stack(specs: list[str], what: str, name: str) -> Image:
@@ -87,12 +91,22 @@ def read_field(entry: FieldEntry, *, require_target: bool = True, source_labels:
                 f"{src.spatial_shape}; the mask must cover the same pixels"
             )
         mask = np.any(m.data > 0, axis=0)
-    for what, img in (("source", src), ("target", tgt)):
-        if img is not None and not np.all(np.isfinite(img.data)):
+    reference = None
+    if entry.reference:
+        ref = read_spec(entry.reference)
+        if ref.spatial_shape != src.spatial_shape:
+            raise CytogenError(
+                f"field {entry.name!r}: reference {entry.reference} is {ref.spatial_shape}, source is "
+                f"{src.spatial_shape}; the reference must cover the same pixels"
+            )
+        reference = ref.data.astype(np.float32)
+    for what, arr in (("source", src.data), ("target", None if tgt is None else tgt.data),
+                      ("reference", reference)):
+        if arr is not None and not np.all(np.isfinite(arr)):
             raise CytogenError(
                 f"field {entry.name!r}: {what} contains NaN/Inf pixels; replace them before training"
             )
-    return RawField(entry.name, src, tgt, mask, entry.split)
+    return RawField(entry.name, src, tgt, mask, entry.split, reference)
 
 
 def otsu_mask(target: np.ndarray, sigma: float = 1.0) -> np.ndarray:
@@ -140,7 +154,7 @@ def prepare_fields(raw: list[RawField], src_norm: Normalizer, tgt_norm: Normaliz
                                         rng=np.random.default_rng(encoder.seed))
             except CytogenError as exc:
                 raise CytogenError(f"field {rf.name!r}, source: {exc}") from None
-        out.append(Field(rf.name, src, tgt, mask_arr, fg, fixed))
+        out.append(Field(rf.name, src, tgt, mask_arr, fg, fixed, rf.reference))
     return out
 
 
@@ -199,6 +213,8 @@ class RandomPatches(Dataset):
             arrays["target"] = crop(f.target, corner, self.patch)
         if f.mask is not None:
             arrays["mask"] = crop(f.mask, corner, self.patch)
+        if f.reference is not None:  # aligned with the source, augmented with it
+            arrays["reference"] = crop(f.reference, corner, self.patch)
         if self.unpaired and f.target is not None:
             g = self.fields[int(rng.choice(len(self.fields), p=self.weights))]
             corner_b = sample_corner(rng, g.source.shape[1:], self.patch, g.fg_index, self.fg_bias)

@@ -18,6 +18,11 @@ Columns
 ``group``
     Optional grouping (e.g. a well or a specimen); fields of one group share a split when
     :func:`build_manifest` assigns splits.
+``reference``
+    Optional image aligned with the field, read as it is (no normalisation): for
+    ``loss.exclusivity_weight > 0`` the frozen per-pixel maximum of the other structures'
+    predictions, in the normalised units of this model's target (1 or one channel per target;
+    written by ``cytogen retrain exclusivity``).
 
 Relative paths are resolved against the folder that holds the manifest.
 """
@@ -38,7 +43,7 @@ import numpy as np
 from cytogen.errors import CytogenError
 from cytogen.io.atomic import atomic_file
 
-COLUMNS = ("name", "source", "target", "mask", "split", "pixel_size_um", "group")
+COLUMNS = ("name", "source", "target", "mask", "split", "pixel_size_um", "group", "reference")
 SPLITS = ("train", "val", "test")
 
 
@@ -53,6 +58,7 @@ class FieldEntry:
     split: str = "train"
     pixel_size_um: float | None = None
     group: str | None = None
+    reference: str | None = None
 
 
 def _split_specs(value: str, base: Path) -> list[str]:
@@ -127,6 +133,9 @@ def read_manifest(path: str | Path, *, require_target: bool = True,
         mask = _split_specs(row.get("mask", ""), base)
         if len(mask) > 1:
             raise CytogenError(f"{where}: 'mask' takes one image, got {len(mask)}")
+        reference = _split_specs(row.get("reference", ""), base)
+        if len(reference) > 1:
+            raise CytogenError(f"{where}: 'reference' takes one image, got {len(reference)}")
         split = row.get("split", "") or "train"
         if split not in SPLITS:
             raise CytogenError(f"{where}: split {split!r} is not one of {SPLITS}")
@@ -147,12 +156,13 @@ def read_manifest(path: str | Path, *, require_target: bool = True,
             )
         seen[name] = lineno
         if check_files:
-            for spec in source + target + mask:
+            for spec in source + target + mask + reference:
                 p = _spec_path(spec)
                 if not p.exists():
                     raise CytogenError(f"{where}: file {p} does not exist; fix the path in the manifest")
         entries.append(FieldEntry(name, source, target, mask[0] if mask else None, split,
-                                  pixel_size, row.get("group", "") or None))
+                                  pixel_size, row.get("group", "") or None,
+                                  reference[0] if reference else None))
     if not entries:
         raise CytogenError(f"{path}: manifest has no rows")
     return entries
@@ -171,15 +181,16 @@ def write_manifest(path: str | Path, entries: list[FieldEntry]) -> Path:
             r = p
         return r + (sep + chan if sep else "")
 
+    refs = any(e.reference for e in entries)  # the column only where some row has one
     with atomic_file(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(COLUMNS)
+        writer.writerow(COLUMNS if refs else COLUMNS[:-1])
         for e in entries:
             writer.writerow([
                 e.name, ";".join(rel(s) for s in e.source), ";".join(rel(s) for s in e.target),
                 rel(e.mask) if e.mask else "", e.split,
                 "" if e.pixel_size_um is None else repr(e.pixel_size_um), e.group or "",
-            ])
+            ] + ([rel(e.reference) if e.reference else ""] if refs else []))
     return path
 
 

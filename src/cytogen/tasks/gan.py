@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from cytogen.losses import get_loss
+from cytogen.losses.exclusivity import with_exclusivity
 from cytogen.losses.adversarial import EMA, adversarial_loss, r1_penalty, soft_noisy_labels
 from cytogen.models.discriminators import build_discriminator
 from cytogen.tasks.base import AdversarialTask
@@ -32,7 +33,10 @@ class GANTranslateTask(AdversarialTask):
     model, discriminator
         Architecture dicts (``name``, ``kwargs``; the model also ``dims`` and channel counts).
     loss
-        Reconstruction loss ``{"name", "alpha"}``.
+        Reconstruction loss ``{"name", "alpha"}``, optionally ``"exclusivity_weight"`` p and
+        ``"exclusivity_margin"``: the generator loss becomes ``adv_weight * adversarial +
+        recon_weight * recon + p * exclusivity`` (Sun et al. 2022, Eq 1, Vox2Vox-RU), each batch
+        then carrying a ``"reference"`` (see :mod:`cytogen.losses.exclusivity`).
     optim
         Optimiser section (``name``, ``lr``, ``betas``, ``weight_decay``, ``fused``,
         ``scheduler``, ``warmup_steps``); the discriminator uses the same optimiser kind and
@@ -107,7 +111,10 @@ class GANTranslateTask(AdversarialTask):
         self.toggle_optimizer(opt_g)
         loss_adv = self.g_loss_fn(self.disc(src, fake))
         loss_rec = self.recon(fake, tgt, mask)
-        loss_g = g["adv_weight"] * loss_adv + g["recon_weight"] * loss_rec
+        lo = self.hparams.loss
+        loss_g = with_exclusivity(g["adv_weight"] * loss_adv + g["recon_weight"] * loss_rec, fake,
+                                  batch.get("reference"), float(lo.get("exclusivity_weight", 0.0)),
+                                  float(lo.get("exclusivity_margin", 1.0)))
         self.update(opt_g, loss_g, "generator loss")
         self.untoggle_optimizer(opt_g)
         self.end_step()

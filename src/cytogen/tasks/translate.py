@@ -8,6 +8,7 @@ import lightning as L
 import torch
 
 from cytogen.losses import get_loss
+from cytogen.losses.exclusivity import exclusivity_loss, with_exclusivity
 from cytogen.tasks.common import (
     GradClipMixin,
     build_generator,
@@ -28,7 +29,10 @@ class TranslateTask(GradClipMixin, MemoryFormatMixin, L.LightningModule):
     model
         ``{"name": ..., "dims": 2|3, "in_channels": ..., "out_channels": ..., "kwargs": {...}}``.
     loss
-        ``{"name": "l1"|"mse"|"masked_l1", "alpha": float}``.
+        ``{"name": "l1"|"mse"|"masked_l1", "alpha": float}``, optionally ``"exclusivity_weight"``
+        (p of Sun et al. 2022, Eq 1: loss = recon + p * exclusivity, where each batch then needs a
+        ``"reference"``, the frozen maximum of the other structures' predictions; see
+        :mod:`cytogen.losses.exclusivity`) and ``"exclusivity_margin"``.
     optim
         ``{"name": "adam"|"adamw"|"sgd", "lr", "weight_decay", "betas", "scheduler",
         "warmup_steps"}``, optionally ``"fused": True`` (see :func:`~cytogen.tasks.common.build_optimizer`).
@@ -59,19 +63,34 @@ class TranslateTask(GradClipMixin, MemoryFormatMixin, L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def _loss(self, pred: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reconstruction, reconstruction + p * exclusivity); the two are the same tensor for p = 0."""
+        lo = self.hparams.loss
+        recon = self.loss_fn(pred, batch["target"], batch.get("mask"))
+        total = with_exclusivity(recon, pred, batch.get("reference"), float(lo.get("exclusivity_weight", 0.0)),
+                                 float(lo.get("exclusivity_margin", 1.0)))
+        return recon, total
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         pred = self.net(batch["source"])
-        loss = self.loss_fn(pred, batch["target"], batch.get("mask"))
+        recon, loss = self._loss(pred, batch)
         check_finite(loss, int(self.global_step), "training loss")
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False,
                  batch_size=pred.shape[0])
+        if loss is not recon:
+            self.log("train_recon", recon, on_step=True, on_epoch=False, batch_size=pred.shape[0])
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         pred = self.net(batch["source"])
         n = pred.shape[0]
-        self.log("val_loss", self.loss_fn(pred, batch["target"], batch.get("mask")),
-                 prog_bar=True, batch_size=n, sync_dist=True)
+        recon, loss = self._loss(pred, batch)
+        self.log("val_loss", loss, prog_bar=True, batch_size=n, sync_dist=True)
+        if loss is not recon:
+            self.log("val_recon", recon, batch_size=n, sync_dist=True)
+            self.log("val_exclusivity_term", exclusivity_loss(
+                pred, batch["reference"], float(self.hparams.loss.get("exclusivity_margin", 1.0))),
+                batch_size=n, sync_dist=True)
         self.log("val_l1", (pred - batch["target"]).abs().mean(), batch_size=n, sync_dist=True)
         self.log("val_pearson", pearson_per_sample(pred, batch["target"]).mean(), batch_size=n, sync_dist=True)
 

@@ -89,9 +89,41 @@ def _check_consistent(raw: list, dims: int, manifest: Path) -> tuple[int, int]:
     return c_in, c_out
 
 
+def _check_references(raw: list, c_out: int, weight: float, source: str, manifest: Path) -> None:
+    """``loss.exclusivity_weight > 0`` needs a 'reference' image (1 or ``c_out`` channels) in every row."""
+    if weight < 0:
+        raise CytogenError(f"{source}: loss.exclusivity_weight must be >= 0, got {weight}")
+    if weight == 0:
+        return
+    missing = [rf.name for rf in raw if rf.reference is None]
+    if missing:
+        raise CytogenError(
+            f"{source}: loss.exclusivity_weight={weight} needs the other structures' predictions, but "
+            f"{manifest} has no 'reference' image for field(s) {missing[:5]}; add a 'reference' column (the "
+            "per-pixel maximum of the other structures' predictions in this target's normalised units) or "
+            "use 'cytogen retrain exclusivity', which writes them")
+    bad = [rf.name for rf in raw if rf.reference.shape[0] not in (1, c_out)]
+    if bad:
+        raise CytogenError(f"{manifest}: the 'reference' of field(s) {bad[:5]} must have 1 or {c_out} channel(s)")
+
+
+def _init_from(task: Any, loaded: Any, arch: dict[str, Any], folder: str) -> None:
+    """Start from a loaded model folder's generator weights (fine-tuning)."""
+    theirs = loaded.meta["architecture"]
+    keys = ("name", "dims", "in_channels", "out_channels")
+    if any(theirs.get(k) != arch[k] for k in keys) or dict(theirs.get("kwargs", {})) != arch["kwargs"]:
+        raise CytogenError(f"{folder}: its architecture {theirs} differs from the recipe's {arch}; fine-tune "
+                           "with the model's own recipe (model.json 'recipe') and the same channels")
+    state = loaded.net.state_dict()
+    task.net.load_state_dict(state)
+    ema = getattr(task, "ema", None)
+    if ema is not None:  # the GAN's exported copy starts from the same weights
+        ema.module.load_state_dict(state)
+
+
 def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path, *,
           overrides: list[str] | None = None, max_steps: int | None = None,
-          resume: bool = False, progress: bool = True) -> dict[str, Any]:
+          resume: bool = False, progress: bool = True, init_model: str | Path | None = None) -> dict[str, Any]:
     """Train a translation model (or, for a task with ``data_kind = "cells"``, a Statistical
     Cell model: see :func:`cytogen.workflows.train_cells.train_cells`; for ``data_kind =
     "markers"``, an unsupervised cell segmenter: see
@@ -113,6 +145,9 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
         ``--set`` style ``key=value`` items applied on top of ``recipe``.
     max_steps
         Overrides ``train.max_steps``.
+    init_model
+        Fine-tune: a model folder (``RUN/model``) whose generator weights and normalisation the
+        run starts from (same architecture and channels; a GAN's discriminator starts afresh).
 
     Returns
     -------
@@ -149,6 +184,7 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
     val_raw = [read_field(e, source_labels=encoder is not None) for e in val_entries]
     dims = rec.model.dims
     c_in, c_out = _check_consistent(train_raw + val_raw, dims, data)
+    _check_references(train_raw + val_raw, c_out, float(rec.loss.exclusivity_weight), source, data)
     if encoder is not None:
         c_in = encoder.out_channels
     instances = getattr(task_cls, "target_kind", "image") == "instances"  # e.g. segment_nuclei
@@ -163,6 +199,14 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
     src_norm.fit([rf.source.data for rf in train_raw])
     # a segmenter's outputs are class logits, left as they are (one identity channel per class)
     tgt_norm.fit([np.zeros((c_out, 1), np.float32)] if instances else [rf.target.data for rf in train_raw])
+    arch = {"name": rec.model.name, "dims": dims, "in_channels": c_in, "out_channels": c_out,
+            "kwargs": dict(rec.model.kwargs)}
+    init = None
+    if init_model is not None:  # fine-tuning keeps the model's units: its normalisers, not refitted
+        from cytogen.predict.model_folder import load_model_folder
+
+        init = load_model_folder(init_model)
+        src_norm, tgt_norm = init.source_norm, init.target_norm
     mask_mode = rec.loss.mask
     train_fields = prepare_fields(train_raw, src_norm, tgt_norm, patch, mask_mode=mask_mode, encoder=encoder)
     val_fields = prepare_fields(val_raw, src_norm, tgt_norm, patch, mask_mode=mask_mode, encoder=encoder)
@@ -186,15 +230,17 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
     if len(train_dl) == 0:
         raise CytogenError("data.patches_per_epoch is smaller than data.batch_size; raise it")
 
-    arch = {"name": rec.model.name, "dims": dims, "in_channels": c_in, "out_channels": c_out,
-            "kwargs": dict(rec.model.kwargs)}
     optim = optim_section(rec, settings)
     task = build_task(rec.task, model=arch, optim=optim, gan=asdict(rec.gan),
                       discriminator={"name": rec.discriminator.name, "kwargs": dict(rec.discriminator.kwargs)},
-                      loss={"name": rec.loss.name, "alpha": rec.loss.alpha},
+                      loss={"name": rec.loss.name, "alpha": rec.loss.alpha,
+                            "exclusivity_weight": float(rec.loss.exclusivity_weight),
+                            "exclusivity_margin": float(rec.loss.exclusivity_margin)},
                       max_steps=rec.train.max_steps, grad_clip=rec.train.grad_clip,
                       instances=asdict(rec.instances) if instances else None)
     check_spatial_size(task.generator(), patch, "data.patch_size")
+    if init is not None and not resume:
+        _init_from(task, init, arch, str(init_model))
     speed_up_task(task, settings, dims)
 
     run = run_fit(rec, settings, task, train_dl, val_dl, sampler, out, last, resume=resume,
