@@ -237,3 +237,25 @@ def test_shape_position_regression():
     assert strong["coefficients"][3] == pytest.approx(3, abs=0.1)
     with pytest.raises(CytogenError, match="objects"):
         shape_position_regression(np.zeros(3), np.zeros((3, 3)))
+
+
+def test_allen_crop_nuclei_and_structure(shared_path):
+    """Real 3D segmentations: each nucleus lands in its own cell, near the centre; structure objects
+    are counted into kept / outside cells / cells without nucleus."""
+    import tifffile
+    from skimage.measure import label
+
+    d = "allen_3d_cell_nucleus_masks", "fov_processing_pipeline_test_resources"
+    cells = tifffile.imread(shared_path(*d, "MembraneSegmentationReadPath.tiff"))
+    nuclei = tifffile.imread(shared_path(*d, "NucleusSegmentationReadPath.tiff"))
+    sp = (0.29, 0.108, 0.108)  # assumed Allen voxel size (not stored in the files)
+    p = object_positions(nuclei, cells, None, sp, centre="cell")
+    assert len(p) == len(np.unique(nuclei[nuclei > 0])) and np.array_equal(p.object, p.cell)
+    assert np.all(p.r < 0.8) and np.median(p.r) < 0.5
+    s = label(tifffile.imread(shared_path(*d, "StructureSegmentationReadPath.tiff")) > 0, connectivity=3)
+    q = object_positions(s, cells, nuclei, sp)
+    c = q.counts
+    assert c["n_objects"] + c["dropped_outside_cells"] + c["dropped_no_nucleus"] == c["n_objects_in_image"] == s.max()
+    assert c["n_cells_no_nucleus"] == 1 and 0 <= q.rho.min() and q.rho.max() <= 1
+    # the shell frame puts objects in the nucleus inside radius 0.5 (bar re-entrant nucleus shapes)
+    assert q.in_nucleus.any() and np.mean(q.rho[q.in_nucleus] <= 0.5) > 0.9 and np.mean(q.rho[~q.in_nucleus] > 0.5) > 0.9

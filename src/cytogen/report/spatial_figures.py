@@ -28,7 +28,7 @@ def _disc(ax, img: np.ndarray, title: str, xlabel: str, ylabel: str, *, cmap: st
 
 
 def positions_figure(densities: dict[str, np.ndarray], radii: dict[str, np.ndarray], summary: dict[str, Any],
-                     *, shell: bool | None = None) -> Figure:
+                     *, shell: bool | None = None, labels: tuple[str, str] = ("real", "generated")) -> Figure:
     """Real and generated densities side by side (with their difference) and radial histograms.
 
     Parameters
@@ -40,11 +40,14 @@ def positions_figure(densities: dict[str, np.ndarray], radii: dict[str, np.ndarr
         Per side, the radial coordinate of each object (the one the densities use).
     summary
         Holds ``kl``, ``p_permutation`` and optionally ``p_real_vs_real`` and ``frame.radius``.
+    labels
+        Names shown for the ``"real"`` and ``"generated"`` sides.
     """
     d = densities["real"].ndim
     shell = summary.get("frame", {}).get("radius", "shell") == "shell" if shell is None else shell
+    name = dict(zip(("real", "generated"), labels))
     planes = [("axis 1 (major)", "axis 2", (2,))] if d == 2 else [("axis 1 (major)", "axis 2", (2,)),
-                                                                   ("axis 1 (major)", "axis 3 (z)", (1,))]
+                                                                   ("axis 1 (major)", "axis 3", (1,))]
     fig = Figure(figsize=(17, 3.8 * len(planes)))
     axes = fig.subplots(len(planes), 4, squeeze=False)
     for row, (xl, yl, drop) in enumerate(planes):
@@ -52,26 +55,26 @@ def positions_figure(densities: dict[str, np.ndarray], radii: dict[str, np.ndarr
         vmax = max(float(p.max()) for p in proj.values())
         for col, s in enumerate(("real", "generated")):
             n = len(radii[s])
-            _disc(axes[row][col], proj[s], f"{s} ({n} objects)" + ("" if d == 2 else f", projection on {yl}"),
-                  xl, yl, vmin=0, vmax=vmax)
+            where = "" if d == 2 else f", summed over axis {3 if drop[0] == 2 else 2}"
+            _disc(axes[row][col], proj[s], f"{name[s]} ({n} objects){where}", xl, yl, vmin=0, vmax=vmax)
         diff = proj["generated"] - proj["real"]
         lim = float(np.abs(diff).max()) or 1.0
-        _disc(axes[row][2], diff, "generated - real", xl, yl, cmap="RdBu_r", vmin=-lim, vmax=lim)
+        _disc(axes[row][2], diff, f"{name['generated']} - {name['real']}", xl, yl, cmap="RdBu_r", vmin=-lim, vmax=lim)
     ax = axes[0][3]
     bins = np.linspace(0, 1, 21)
     for s in ("real", "generated"):
-        ax.hist(radii[s], bins=bins, density=True, alpha=0.55, label=f"{s} (median {np.median(radii[s]):.2f})")
+        ax.hist(radii[s], bins=bins, density=True, alpha=0.55, label=f"{name[s]} (median {np.median(radii[s]):.2f})")
     if shell:
         ax.axvline(0.5, color="k", lw=0.8, ls="--")
-        ax.text(0.5, ax.get_ylim()[1] * 0.95, " nucleus boundary", fontsize=7, va="top")
+        ax.text(0.5, ax.get_ylim()[1] * 0.6, " nucleus\n boundary", fontsize=7, va="top")
     ax.set_xlabel("radial coordinate (0 nucleus centre, 1 membrane)", fontsize=8)
     ax.set_ylabel("density", fontsize=8)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left")
     ax.set_title("radial distance", fontsize=9)
     if len(planes) > 1:
         ax2 = axes[1][3]
         for s in ("real", "generated"):
-            ax2.hist(radii[s], bins=bins, cumulative=True, density=True, histtype="step", label=s)
+            ax2.hist(radii[s], bins=bins, cumulative=True, density=True, histtype="step", label=name[s])
         ax2.set_title("cumulative radial distance", fontsize=9)
         ax2.legend(fontsize=7)
     rvr = summary.get("p_real_vs_real")
