@@ -172,3 +172,34 @@ def test_3d_moved_towards_membrane(tmp_path):
                            n_permutations=199, real_splits=0)
     assert s["p_permutation"] < 0.01 and s["median_rho_generated"] > s["median_rho_real"]
     assert "phi_deg" in (tmp_path / "out" / "objects.csv").read_text().splitlines()[0]
+
+
+def test_shape_vs_position_regression(tmp_path):
+    """Real objects grow with their distance from the nucleus (PC1 explained by position); the
+    generated ones have random sizes (not explained)."""
+    pytest.importorskip("cytogen.evaluate.shapes")
+    from cytogen.workflows.evaluate_positions import evaluate_positions
+
+    rng = np.random.default_rng(0)
+    dirs = {k: tmp_path / k for k in ("cells", "nuclei", "real", "pred")}
+    for d in dirs.values():
+        d.mkdir()
+    yy, xx = np.mgrid[:200, :200]
+    for i in range(2):
+        cell = ((yy - 100) ** 2 + (xx - 100) ** 2 <= 90**2).astype(np.int32)
+        nuc = ((yy - 100) ** 2 + (xx - 100) ** 2 <= 20**2).astype(np.int32)
+        for side in ("real", "pred"):
+            obj = np.zeros_like(cell)
+            for k in range(20):
+                dist, ang = rng.uniform(28, 80), rng.uniform(0, 2 * np.pi)
+                cy, cx = 100 + dist * np.sin(ang), 100 + dist * np.cos(ang)
+                rad = 2 + 5 * ((dist - 28) / 52 if side == "real" else rng.uniform())  # real: grows with distance
+                obj[((yy - cy) ** 2 + (xx - cx) ** 2 <= rad**2) & (obj == 0)] = k + 1
+            _write(dirs[side] / f"f{i}.tif", obj, (0.5, 0.5))
+        _write(dirs["cells"] / f"f{i}.tif", cell, (0.5, 0.5))
+        _write(dirs["nuclei"] / f"f{i}.tif", nuc, (0.5, 0.5))
+    s = evaluate_positions(dirs["real"], dirs["pred"], dirs["cells"], dirs["nuclei"], tmp_path / "out",
+                           n_permutations=19, real_splits=0, shape_vs_position=True)
+    reg = s["shape_vs_position"]
+    assert reg["real"]["n_objects"] >= 30 and reg["real"]["r2"] > 0.35 and reg["generated"]["r2"] < 0.2
+    assert "Shape vs position" in (tmp_path / "out" / "report.html").read_text()

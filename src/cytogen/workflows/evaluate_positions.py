@@ -179,6 +179,7 @@ def _shape_regression(side: dict[str, Any], pos: dict[str, Positions], radius: s
         x = np.column_stack([unit_coordinates(p, radius)[sel], (p.rho if radius == "shell" else p.r)[sel]])
         y = np.array([pc1[(p.file[i], int(p.object[i]))] for i in sel])
         out[s] = shape_position_regression(y, x) if len(y) > x.shape[1] + 1 else {"note": "too few objects"}
+        out[s]["n_objects_without_shape"] = len(p) - len(sel)  # too small or cut by the border for descriptors
     out["predictors"] = "frame coordinates (unit disc/ball) and the radius; response: PC1 of the pooled descriptors"
     return out
 
