@@ -48,6 +48,7 @@ def test_anisotropic_sphere_in_um_has_only_degree_zero():
     assert abs(s.descriptor[0] - 4.0) < 0.2
     assert s.descriptor[1:].max() < 0.03 * s.descriptor[0]
     assert s.hausdorff_um < 0.75  # 1.5 z voxels (the coarse z steps make a staircase cap)
+    assert s.star_shaped  # grazing rays over the z staircase are not concavities
 
 
 @pytest.mark.parametrize("align", [False, True])
@@ -139,6 +140,24 @@ def test_object_descriptors_sizes_border_small_and_units():
     assert n.descriptors[:, 1:].max() < 1.0
 
 
+def test_object_in_pieces_keeps_the_largest_and_holes_are_filled():
+    lab = np.zeros((60, 60), np.int32)
+    lab[10:30, 10:30] = 1
+    lab[40:44, 40:44] = 1  # a second piece of object 1
+    yy, xx = np.mgrid[0:60, 0:60]
+    ring = ((yy - 45) ** 2 + (xx - 15) ** 2 <= 100) & ((yy - 45) ** 2 + (xx - 15) ** 2 > 16)
+    lab[ring] = 2
+    t = object_descriptors(lab, 1.0)
+    assert t.n_components.tolist() == [2, 1]
+    assert t.kept_fraction[0] == pytest.approx(400 / 416) and t.size[0] == 400
+    alone = lab.copy()
+    alone[40:44, 40:44] = 0
+    assert np.allclose(object_descriptors(alone, 1.0).descriptors[0], t.descriptors[0])
+    assert t.star_shaped[1] and t.size[1] == ((yy - 45) ** 2 + (xx - 15) ** 2 <= 100).sum()
+    raw = object_descriptors(lab, 1.0, largest_component=False, fill_holes=False)
+    assert not raw.star_shaped[1] and raw.size[0] == 416
+
+
 def test_object_descriptors_3d_and_bad_labels():
     lab = np.zeros((24, 32, 32), np.int32)
     e = _ellipsoid((6, 4, 3))
@@ -220,3 +239,24 @@ def test_purity_real_split_by_image_and_too_large_k():
                       real_image_ids=ids)
     assert res[0]["p_real_vs_real"] is not None and 0 < res[0]["p_real_vs_real"] <= 1
     assert res[1]["score"] is None and "needs more" in res[1]["note"]
+
+
+# ---------------------------------------------------------------------------------- real data
+def test_allen_nuclei_reconstruct_to_about_a_micrometre(shared_path):
+    """Four real 3D nuclei (Allen segmentation; voxel 0.29 x 0.108 x 0.108 um assumed, not stored):
+    the degree-16 reconstruction is within ~1 um, and the mean radius matches the volume's."""
+    import tifffile
+    from scipy import ndimage as ndi
+
+    lab = tifffile.imread(shared_path("allen_3d_cell_nucleus_masks", "aicsimage_test_segmentation",
+                                      "input_2_nucWholeIndex.tiff"))
+    sl = ndi.find_objects(lab)
+    sub = np.zeros_like(lab)
+    for i in (4, 5, 10, 11):  # (nearly) single-piece nuclei
+        sub[sl[i - 1]][lab[sl[i - 1]] == i] = i
+    t = object_descriptors(sub, (0.29, 0.108, 0.108), degree=16)
+    assert t.label.tolist() == [4, 5, 10, 11] and (t.kept_fraction > 0.999).all()
+    assert np.median(t.hausdorff_um) < 1.0 and t.hausdorff_um.max() < 1.5
+    r_eq = (3 * t.size / (4 * np.pi)) ** (1 / 3)
+    assert np.all(np.abs(t.descriptors[:, 0] / r_eq - 1) < 0.2)
+    assert (t.concave_fraction < 0.01).all()

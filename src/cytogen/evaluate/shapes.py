@@ -23,7 +23,9 @@ reconstruction error of that descriptor (Hausdorff distance, um) and a star-shap
 makes objects too large is detectable (``sqrt(P_0)`` in 3D and ``|Z_1|`` in 2D are radii). With
 ``normalize_scale=True`` every value is divided by that size term, which is kept as the first
 column. The star-shape flag is computed by ray casting from the centroid in both cases
-(:func:`cytogen.evaluate.spharm.radial_profile`; 2D: ``N`` rays).
+(:func:`cytogen.evaluate.spharm.radial_profile` and :func:`~cytogen.evaluate.spharm.star_check`;
+2D: ``N`` rays). Before description, each object's cavities are filled and only its largest
+connected piece is kept (both optional; the table records the pieces and the fraction kept).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
 from cytogen.errors import CytogenError
-from cytogen.evaluate.spharm import PAD, radial_profile, sh_shape
+from cytogen.evaluate.spharm import PAD, radial_profile, sh_shape, star_check
 
 __all__ = ["MIN_SIZE", "FourierShape", "ObjectShapes", "ShapePCA", "fourier_shape", "object_descriptors",
            "shape_pca"]
@@ -55,6 +57,7 @@ class FourierShape:
     descriptor: np.ndarray
     hausdorff_um: float
     star_shaped: bool
+    concave_fraction: float = 0.0
 
 
 def _contour(maskf: np.ndarray, sp: np.ndarray) -> np.ndarray:
@@ -125,10 +128,12 @@ def fourier_shape(mask: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0), d
     coords = np.argwhere(maskf > 0).astype(np.float64)
     centre = coords.mean(0)
     ang = 2 * np.pi * np.arange(n) / n
-    _, exits, inside = radial_profile(maskf, centre, np.stack([np.sin(ang), np.cos(ang)], 1), tuple(sp))
+    dirs = np.stack([np.sin(ang), np.cos(ang)], 1)
+    _, exits, inside = radial_profile(maskf, centre, dirs, tuple(sp))
+    star, frac = star_check(maskf, centre, dirs, tuple(sp), exits, inside)
     off = np.zeros(2) if offset_um is None else np.asarray(offset_um, np.float64)
     return FourierShape(coefficients=z, centroid_um=(centre - PAD) * sp + off, descriptor=desc,
-                        hausdorff_um=float(hd), star_shaped=bool(inside and exits.max() <= 1))
+                        hausdorff_um=float(hd), star_shaped=star, concave_fraction=frac)
 
 
 @dataclass
@@ -149,6 +154,10 @@ class ObjectShapes:
         reconstructions).
     skipped
         Objects left out: ``{"border": n, "small": n}``.
+    n_components, kept_fraction
+        Connected pieces of each object's label and the fraction of its pixels described.
+    concave_fraction
+        Fraction of the centroid's rays that re-enter the object (0 for star-shaped objects).
     """
 
     label: np.ndarray
@@ -163,6 +172,9 @@ class ObjectShapes:
     spacing: tuple[float, ...]
     shapes: list = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
+    n_components: np.ndarray | None = None
+    kept_fraction: np.ndarray | None = None
+    concave_fraction: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.label)
@@ -175,6 +187,9 @@ class ObjectShapes:
             r = {"label": int(self.label[i]), "size": float(self.size[i])}
             r.update({f"centroid_{a}_um": float(c) for a, c in zip(axes, self.centroid_um[i])})
             r.update({"hausdorff_um": float(self.hausdorff_um[i]), "star_shaped": bool(self.star_shaped[i])})
+            if self.n_components is not None:
+                r.update(n_components=int(self.n_components[i]), kept_fraction=float(self.kept_fraction[i]),
+                         concave_fraction=float(self.concave_fraction[i]))
             r.update({f"d{j}": float(v) for j, v in enumerate(self.descriptors[i])})
             out.append(r)
         return out
@@ -198,7 +213,8 @@ def _check_labels(labels: np.ndarray) -> np.ndarray:
 
 def object_descriptors(labels: np.ndarray, pixel_size_um: float | tuple[float, ...] | None = None, *,
                        degree: int | None = None, align: bool = False, exclude_border: bool = False,
-                       min_size: int | None = None, normalize_scale: bool = False) -> ObjectShapes:
+                       min_size: int | None = None, normalize_scale: bool = False, largest_component: bool = True,
+                       fill_holes: bool = True) -> ObjectShapes:
     """Shape descriptors of every object of an instance label image (module docstring: methods).
 
     Parameters
@@ -218,6 +234,12 @@ def object_descriptors(labels: np.ndarray, pixel_size_um: float | tuple[float, .
         Leave out objects with fewer pixels/voxels (default :data:`MIN_SIZE`: 9 in 2D, 27 in 3D).
     normalize_scale
         Divide descriptors by the object's size term (kept as the first column).
+    largest_component
+        Describe only the largest connected piece of an object (8-/26-connected; SPHARM needs one
+        piece): ``n_components`` and ``kept_fraction`` say how much was left out.
+    fill_holes
+        Fill enclosed cavities first (they are not part of the outer shape; left in, every ray
+        through one would mark the object as not star-shaped).
 
     Returns
     -------
@@ -241,6 +263,14 @@ def object_descriptors(labels: np.ndarray, pixel_size_um: float | tuple[float, .
             skipped["border"] += 1
             continue
         m = lab[sl] == lid
+        total = int(m.sum())
+        n_comp = 1
+        if largest_component:
+            cc, n_comp = ndi.label(m, structure=np.ones((3,) * nd, bool))
+            if n_comp > 1:
+                m = cc == np.argmax(np.bincount(cc.ravel())[1:]) + 1
+        if fill_holes:
+            m = ndi.binary_fill_holes(m)
         count = int(m.sum())
         if count < min_size:
             skipped["small"] += 1
@@ -250,7 +280,7 @@ def object_descriptors(labels: np.ndarray, pixel_size_um: float | tuple[float, .
             s = sh_shape(m, tuple(sp), degree, align, off)
         else:
             s = fourier_shape(m, tuple(sp), degree, align, off)
-        rows.append((lid, count * float(np.prod(sp)), s))
+        rows.append((lid, count * float(np.prod(sp)), s, n_comp, int((m & (lab[sl] == lid)).sum()) / total))
     d = len(rows[0][2].descriptor) if rows else 0
     desc = np.array([r[2].descriptor for r in rows], np.float64).reshape(len(rows), d)
     if normalize_scale and len(rows):
@@ -261,7 +291,9 @@ def object_descriptors(labels: np.ndarray, pixel_size_um: float | tuple[float, .
         centroid_um=np.array([r[2].centroid_um for r in rows], np.float64).reshape(len(rows), nd),
         descriptors=desc, hausdorff_um=np.array([r[2].hausdorff_um for r in rows], np.float64),
         star_shaped=np.array([r[2].star_shaped for r in rows], bool), kind=kind, degree=degree, ndim=nd,
-        spacing=tuple(float(v) for v in sp), shapes=[r[2] for r in rows], skipped=skipped)
+        spacing=tuple(float(v) for v in sp), shapes=[r[2] for r in rows], skipped=skipped,
+        n_components=np.array([r[3] for r in rows], np.int64), kept_fraction=np.array([r[4] for r in rows]),
+        concave_fraction=np.array([r[2].concave_fraction for r in rows], np.float64))
 
 
 @dataclass

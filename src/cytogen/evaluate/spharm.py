@@ -6,15 +6,19 @@ Method (one object, a boolean mask with its voxel size ``spacing`` in um, ``(z, 
    both for marching cubes (:func:`skimage.measure.marching_cubes`, anisotropic ``spacing``: the
    *original surface*, in um) and for the radial function below (trilinear interpolation of the
    mask: on voxel edges this is the same linear interpolation marching cubes uses).
-2. Directions are the nodes of a Driscoll-Healy grid of degree ``lmax`` (``n x 2n``, ``n =
-   2 (lmax + 1)``, latitude from the z axis, longitude from x towards y). From the object's centroid
+2. Directions are the nodes of a Driscoll-Healy grid of degree ``L = max(lmax, 31)`` (``n x 2n``,
+   ``n = 2 (L + 1)``; at least 64 x 128 rays, so that a low ``lmax`` is the projection of a
+   well-sampled ``r`` and not an aliased one), latitude from the z axis, longitude from x towards y). From the object's centroid
    (mean voxel position) a ray is marched in each direction in steps of half the smallest voxel
    size; ``r(theta, phi)`` is the distance, in um, of the **farthest** crossing of the 0.5 level
-   (linearly interpolated between the two samples around it). Rays that leave the object and
-   enter it again, or a centroid outside the object, mark the object as **not star-shaped**: its
+   (linearly interpolated between the two samples around it). A ray that leaves the object,
+   passes through points farther than ``tol`` (default: the largest voxel side) from it and
+   enters it again, or a centroid outside the object, marks the object as **not star-shaped**: its
    radial function then describes the outer envelope seen from the centroid, not the surface.
+   (Re-entries closer than ``tol`` are the voxel staircase seen by grazing rays, not concavities;
+   ``concave_fraction`` is the fraction of rays with a real re-entry.)
 3. ``r`` is expanded with :func:`pyshtools.expand.SHExpandDH` (4-pi normalised real harmonics, no
-   Condon-Shortley phase) up to ``lmax``.
+   Condon-Shortley phase; ``lmax_calc = lmax``).
 4. Reconstruction check: ``r`` is synthesised from the coefficients on a grid of degree
    ``2 lmax + 1`` (four times as many points as the analysis grid) and the Hausdorff distance (um)
    between those surface points and the marching-cubes vertices is the larger of the two directed
@@ -40,7 +44,8 @@ from scipy.spatial import cKDTree
 
 from cytogen.errors import CytogenError
 
-__all__ = ["SHShape", "dh_directions", "principal_frame", "radial_profile", "sh_evaluate", "sh_shape"]
+__all__ = ["SHShape", "dh_directions", "principal_frame", "radial_profile", "reentering_rays", "sh_evaluate",
+           "sh_shape"]
 
 PAD = 2
 
@@ -70,7 +75,9 @@ class SHShape:
     hausdorff_um
         Hausdorff distance between the marching-cubes surface and the reconstruction.
     star_shaped
-        False when a ray crosses the surface more than once or the centroid is outside.
+        False when a ray re-enters the object (see the module docstring) or the centroid is outside.
+    concave_fraction
+        Fraction of the rays that re-enter the object.
     """
 
     coefficients: np.ndarray
@@ -79,6 +86,7 @@ class SHShape:
     descriptor: np.ndarray
     hausdorff_um: float
     star_shaped: bool
+    concave_fraction: float = 0.0
 
 
 def dh_directions(lmax: int, rotation: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -132,6 +140,44 @@ def radial_profile(maskf: np.ndarray, centre_vox: np.ndarray, directions: np.nda
         r[s:s + chunk] = np.where(has, t[j] + frac * step, 0.0)
     c_val = ndi.map_coordinates(maskf, centre_vox[:, None], order=1, mode="constant", cval=0.0)[0]
     return r, exits, bool(c_val >= 0.5)
+
+
+def reentering_rays(maskf: np.ndarray, centre_vox: np.ndarray, directions: np.ndarray,
+                    spacing: tuple[float, ...], tol: float | None = None) -> np.ndarray:
+    """Per direction, whether the ray from ``centre_vox`` leaves the 0.5 level set, passes a point
+    farther than ``tol`` um (default the largest voxel side) from the object, and enters it again."""
+    sp = np.asarray(spacing, np.float64)
+    tol = float(sp.max()) if tol is None else float(tol)
+    d = np.asarray(directions, np.float64).reshape(-1, len(sp))
+    if not len(d):
+        return np.zeros(0, bool)
+    dist = ndi.distance_transform_edt(maskf < 0.5, sampling=sp).astype(np.float32)
+    step = 0.5 * float(sp.min())
+    corners = np.array(np.meshgrid(*[[0, n - 1] for n in maskf.shape], indexing="ij")).reshape(len(sp), -1).T
+    t = np.arange(0.0, float(np.linalg.norm((corners - centre_vox) * sp, axis=1).max()) + 2 * step, step)
+    out = np.zeros(len(d), bool)
+    chunk = max(1, int(1_000_000 // len(t)))
+    for s in range(0, len(d), chunk):
+        dd = d[s:s + chunk] / sp
+        pts = (centre_vox[:, None, None] + dd.T[:, :, None] * t[None, None, :]).reshape(len(sp), -1)
+        v = ndi.map_coordinates(maskf, pts, order=1, mode="constant", cval=0.0).reshape(len(dd), len(t))
+        far = ndi.map_coordinates(dist, pts, order=1, mode="nearest").reshape(len(dd), len(t)) > tol
+        inside = v >= 0.5
+        before = np.maximum.accumulate(inside, axis=1)
+        after = np.maximum.accumulate(inside[:, ::-1], axis=1)[:, ::-1]
+        out[s:s + chunk] = (far & ~inside & before & after).any(1)
+    return out
+
+
+def star_check(maskf: np.ndarray, centre_vox: np.ndarray, directions: np.ndarray, spacing: tuple[float, ...],
+               exits: np.ndarray, centre_inside: bool) -> tuple[bool, float]:
+    """``(star_shaped, concave_fraction)`` from a :func:`radial_profile` run: only rays with more than
+    one exit are checked again with :func:`reentering_rays`."""
+    d = np.asarray(directions).reshape(len(exits), -1)
+    multi = np.flatnonzero(exits > 1)
+    bad = reentering_rays(maskf, centre_vox, d[multi], spacing) if len(multi) else np.zeros(0, bool)
+    frac = float(bad.sum()) / max(1, len(exits))
+    return bool(centre_inside and not bad.any()), frac
 
 
 def principal_frame(coords_um: np.ndarray) -> np.ndarray:
@@ -205,8 +251,9 @@ def sh_shape(mask: np.ndarray, spacing: tuple[float, float, float] = (1.0, 1.0, 
     coords = np.argwhere(maskf > 0).astype(np.float64)
     centre = coords.mean(0)
     rot = principal_frame(coords * sp) if align else np.eye(3)
-    _, _, u = dh_directions(lmax, rot)
+    _, _, u = dh_directions(max(int(lmax), 31), rot)
     r, exits, inside = radial_profile(maskf, centre, u.reshape(-1, 3), tuple(sp))
+    star, frac = star_check(maskf, centre, u.reshape(-1, 3), tuple(sp), exits, inside)
     grid = r.reshape(u.shape[:2])
     cilm = shtools.expand.SHExpandDH(grid, norm=1, sampling=2, csphase=1, lmax_calc=int(lmax))
     if align:
@@ -225,4 +272,4 @@ def sh_shape(mask: np.ndarray, spacing: tuple[float, float, float] = (1.0, 1.0, 
     off = np.zeros(3) if offset_um is None else np.asarray(offset_um, np.float64)
     return SHShape(coefficients=cilm, rotation=rot, centroid_um=(centre - PAD) * sp + off,
                    descriptor=desc.astype(np.float64), hausdorff_um=float(max(d1, d2)),
-                   star_shaped=bool(inside and exits.max() <= 1))
+                   star_shaped=star, concave_fraction=frac)

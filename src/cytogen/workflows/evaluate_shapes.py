@@ -90,7 +90,8 @@ def _describe(files: list[Path], labels: dict[Path, np.ndarray], sizes: dict[Pat
 
 def _pool(tables: list[ObjectShapes]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([getattr(t, k) for t in tables]) for k in
-            ("label", "size", "hausdorff_um", "star_shaped")} | {
+            ("label", "size", "hausdorff_um", "star_shaped", "n_components", "kept_fraction",
+             "concave_fraction")} | {
         "descriptors": np.vstack([t.descriptors for t in tables]),
         "centroid_um": np.vstack([t.centroid_um for t in tables])}
 
@@ -187,6 +188,12 @@ def evaluate_shapes(real: str | Path, pred: str | Path, out: str | Path, *,
         "real_split": "image" if by_image else "object",
         "hausdorff": {"real": _hd(pr["hausdorff_um"]), "generated": _hd(pg["hausdorff_um"]), "units": units},
         "not_star_shaped": {"real": int((~pr["star_shaped"]).sum()), "generated": int((~pg["star_shaped"]).sum())},
+        "concave_over_1pct": {"real": int((pr["concave_fraction"] > 0.01).sum()),
+                              "generated": int((pg["concave_fraction"] > 0.01).sum()),
+                              "note": "objects where more than 1 % of the centroid's rays re-enter the object"},
+        "multi_piece_objects": {"real": int((pr["n_components"] > 1).sum()),
+                                "generated": int((pg["n_components"] > 1).sum()),
+                                "note": "labels in several connected pieces: the largest piece is described"},
         "seed": seed, "n_permutations": n_permutations}
     rows = []
     for side, pool, ids, x in (("real", pr, ids_r, xr), ("generated", pg, ids_g, xg)):
@@ -194,7 +201,9 @@ def evaluate_shapes(real: str | Path, pred: str | Path, out: str | Path, *,
         for i in range(len(x)):
             r = {"set": side, "image": ids[i], "label": int(pool["label"][i]), "size": float(pool["size"][i])}
             r.update({f"centroid_{a}": float(c) for a, c in zip(axes, pool["centroid_um"][i])})
-            r.update(hausdorff=float(pool["hausdorff_um"][i]), star_shaped=bool(pool["star_shaped"][i]))
+            r.update(hausdorff=float(pool["hausdorff_um"][i]), star_shaped=bool(pool["star_shaped"][i]),
+                     n_components=int(pool["n_components"][i]), kept_fraction=float(pool["kept_fraction"][i]),
+                     concave_fraction=float(pool["concave_fraction"][i]))
             r.update({f"pc{j + 1}": float(v) for j, v in enumerate(x[i])})
             r.update({f"d{j}": float(v) for j, v in enumerate(pool["descriptors"][i])})
             rows.append(r)
