@@ -10,7 +10,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle
 
-from cytogen.report.figures import save_figure
+from cytogen.io.atomic import write_bytes
+from cytogen.report.figures import figure_png_bytes
 from cytogen.report.html import Section, write_report
 
 __all__ = ["positions_figure", "positions_report"]
@@ -85,9 +86,10 @@ def positions_figure(densities: dict[str, np.ndarray], radii: dict[str, np.ndarr
 
 
 def positions_report(path: str | Path, fig: Figure, summary: dict[str, Any], png: str | Path | None = None) -> Path:
-    """``report.html`` of the comparison (and ``png`` of the figure when given)."""
+    """``report.html`` of the comparison (and ``png`` of the figure when given; rendered once)."""
+    image = figure_png_bytes(fig)
     if png is not None:
-        save_figure(fig, png)
+        write_bytes(png, image)
     t = summary["test"]
     frame = summary["frame"]
     rows = [{"set": s, "objects": summary[f"n_objects_{s}"], "cells": summary[f"n_cells_{s}"],
@@ -108,7 +110,7 @@ def positions_report(path: str | Path, fig: Figure, summary: dict[str, Any], png
             f"(1 + {t['n_permutations']}), labels shuffled by {t['permute_by']}."]
     sec = [Section("Positions in the normalised cell frame", text=text,
                    tables=[("Objects per set", rows), ("Divergences", stats_rows)],
-                   figures=[("positional densities and radial distances", fig)])]
+                   figures=[("positional densities and radial distances", image)])]
     svp = summary.get("shape_vs_position")
     if svp:
         sec.append(Section("Shape vs position", text=[svp["predictors"]],
