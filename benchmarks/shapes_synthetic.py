@@ -47,8 +47,8 @@ def main() -> int:
     for deg in [int(v) for v in a.degrees.split(",")]:
         def describe(fields):
             tabs = [object_descriptors(o, 0.2, degree=deg) for o in fields]
-            return np.vstack([t.descriptors for t in tabs]), np.concatenate([[i] * len(t) for i, t in enumerate(tabs)]), \
-                np.concatenate([t.size for t in tabs])
+            ids = np.concatenate([[i] * len(t) for i, t in enumerate(tabs)])
+            return np.vstack([t.descriptors for t in tabs]), ids, np.concatenate([t.size for t in tabs])
 
         xr, ids, size_r = describe(real)
         for name, fields in sets.items():

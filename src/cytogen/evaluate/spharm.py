@@ -8,10 +8,11 @@ Method (one object, a boolean mask with its voxel size ``spacing`` in um, ``(z, 
    mask: on voxel edges this is the same linear interpolation marching cubes uses).
 2. Directions are the nodes of a Driscoll-Healy grid of degree ``L = max(lmax, 31)`` (``n x 2n``,
    ``n = 2 (L + 1)``; at least 64 x 128 rays, so that a low ``lmax`` is the projection of a
-   well-sampled ``r`` and not an aliased one), latitude from the z axis, longitude from x towards y). From the object's centroid
-   (mean voxel position) a ray is marched in each direction in steps of half the smallest voxel
-   size; ``r(theta, phi)`` is the distance, in um, of the **farthest** crossing of the 0.5 level
-   (linearly interpolated between the two samples around it). A ray that leaves the object,
+   well-sampled ``r`` and not an aliased one), latitude from the z axis, longitude from x towards
+   y. From the object's centroid (mean voxel position) a ray is marched in each direction in
+   steps of half the smallest voxel size; ``r(theta, phi)`` is the distance, in um, of the
+   **farthest** crossing of the 0.5 level (linearly interpolated between the two samples around
+   it). A ray that leaves the object,
    passes through points farther than ``tol`` (default: the largest voxel side) from it and
    enters it again, or a centroid outside the object, marks the object as **not star-shaped**: its
    radial function then describes the outer envelope seen from the centroid, not the surface.
@@ -20,7 +21,7 @@ Method (one object, a boolean mask with its voxel size ``spacing`` in um, ``(z, 
 3. ``r`` is expanded with :func:`pyshtools.expand.SHExpandDH` (4-pi normalised real harmonics, no
    Condon-Shortley phase; ``lmax_calc = lmax``).
 4. Reconstruction check: ``r`` is synthesised from the coefficients on a grid of degree
-   ``2 lmax + 1`` (four times as many points as the analysis grid) and the Hausdorff distance (um)
+   ``2 L + 1`` (four times as many points as the analysis grid) and the Hausdorff distance (um)
    between those surface points and the marching-cubes vertices is the larger of the two directed
    distances (:class:`scipy.spatial.cKDTree`). Both point sets are discrete, so it includes up to
    half the spacing of the denser one.
@@ -262,7 +263,7 @@ def sh_shape(mask: np.ndarray, spacing: tuple[float, float, float] = (1.0, 1.0, 
         power = shtools.spectralanalysis.spectrum(cilm, normalization="4pi", unit="per_l")
         desc = np.sqrt(np.clip(power, 0, None))
     # reconstruction on a denser grid versus the marching-cubes surface
-    l_rec = 2 * int(lmax) + 1
+    l_rec = 2 * max(int(lmax), 31) + 1
     r_rec = shtools.expand.MakeGridDH(cilm, lmax=l_rec, norm=1, sampling=2, csphase=1)
     _, _, u_rec = dh_directions(l_rec, rot)
     pts = centre * sp + r_rec.reshape(-1, 1) * u_rec.reshape(-1, 3)
