@@ -19,10 +19,14 @@ stored: the Allen pipeline's usual 0.29 um (z) x 0.108 um (y, x) is **assumed (u
    boundary). Real-vs-real null (cells split in halves) and structure vs uniform random points
    in the same cells (same number per cell).
 
+3. **Shape vs position** of the structure objects (the paper's R^2): first PC of their
+   spherical-harmonic descriptors (degree ``--shape-degree``, 8 by default for time; objects below
+   27 voxels have none) regressed by OLS on the frame coordinates.
+
 Both with all cells and with the cells cut by the lateral image border left out. Prints one JSON
 line per analysis and writes ``positions_*.png`` under ``--out``.
 
-    python benchmarks/positions_allen.py [--out DIR] [--permutations 999] [--splits 10]
+    python benchmarks/positions_allen.py [--out DIR] [--permutations 999] [--splits 10] [--shape-degree 8]
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from scipy import stats
 from skimage.measure import label
 
 from cytogen.evaluate.spatial import Positions, cell_frames, object_positions, unit_coordinates
-from cytogen.evaluate.spatial_density import positional_test, real_vs_real
+from cytogen.evaluate.spatial_density import positional_test, real_vs_real, shape_position_regression
 from cytogen.report.figures import save_figure
 from cytogen.report.spatial_figures import positions_figure
 
@@ -123,12 +127,33 @@ def analyse(name: str, objects: np.ndarray, cells: np.ndarray, nuclei: np.ndarra
         emit(rec)
 
 
+def shape_vs_position(objects: np.ndarray, cells: np.ndarray, nuclei: np.ndarray, degree: int) -> None:
+    """The paper's regression: first shape PC (SPHARM descriptors of :mod:`cytogen.evaluate.shapes`,
+    PCA of these objects) on the frame position (unit-ball coordinates and shell radius)."""
+    from cytogen.evaluate.shapes import object_descriptors, shape_pca
+
+    t0 = time.perf_counter()
+    pos = object_positions(objects, cells, nuclei, VOXEL_UM)
+    sh = object_descriptors(objects, VOXEL_UM, degree=degree)
+    pc1 = dict(zip(sh.label.tolist(), shape_pca(sh.descriptors, n_components=1).scores[0][:, 0]))
+    sel = np.array([int(o) in pc1 for o in pos.object])
+    x = np.column_stack([unit_coordinates(pos)[sel], pos.rho[sel]])
+    reg = shape_position_regression(np.array([pc1[int(o)] for o in pos.object[sel]]), x)
+    emit({"benchmark": "positions_allen", "analysis": "structure_shape_vs_position", "sh_degree": degree,
+          "n_objects_in_cells": len(pos), "n_with_shape": int(sel.sum()), "skipped_by_shapes": sh.skipped,
+          **{k: reg[k] for k in ("r2", "r2_adjusted", "n_objects", "p_value")},
+          "predictors": "unit-ball x, y, z and the shell radius", "note": NOTE,
+          "seconds": round(time.perf_counter() - t0, 1)})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=None)
     ap.add_argument("--permutations", type=int, default=999)
     ap.add_argument("--splits", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--shape-degree", type=int, default=8,
+                    help="spherical-harmonic degree of the shape-vs-position regression (0: skip it)")
     a = ap.parse_args()
     out = Path(a.out or tempfile.mkdtemp(prefix="positions_allen_"))
     out.mkdir(parents=True, exist_ok=True)
@@ -145,6 +170,8 @@ def main() -> None:
     structure = label(tifffile.imread(g / "StructureSegmentationReadPath.tiff") > 0, connectivity=3)
     analyse("structure_in_crop_cells", structure, cells, nuclei, centre="nucleus", radius="shell", out=out,
             perms=a.permutations, splits=a.splits, seed=a.seed)
+    if a.shape_degree:
+        shape_vs_position(structure, cells, nuclei, a.shape_degree)
 
 
 if __name__ == "__main__":
