@@ -58,7 +58,7 @@ def _cmd_evaluate_positions(a) -> None:
                            pred_nuclei=a.pred_nuclei, pixel_size_um=a.pixel_size_um, n_permutations=a.permutations,
                            bandwidth=a.bandwidth, seed=a.seed, exclude_border=a.exclude_border, radius=a.radius,
                            align=a.align, permute_by=a.permute_by, real_splits=a.real_splits,
-                           shape_vs_position=a.shape_vs_position, centre=a.centre)
+                           shape_vs_position=a.shape_vs_position, centre=a.centre, real_split_by=a.real_split_by)
     print(json.dumps({k: s.get(k) for k in ("out", "n_objects_real", "n_objects_generated", "n_cells_real",
                                             "n_cells_generated", "kl", "p_permutation", "p_real_vs_real",
                                             "median_rho_real", "median_rho_generated", "seconds")}))
@@ -97,7 +97,10 @@ def add_evaluate_positions_parser(esub) -> None:
                    help="3D: turn cells about z only (default) or by their three principal axes")
     e.add_argument("--permute-by", choices=("object", "cell"), default="object",
                    help="shuffle single objects (the paper) or whole cells (objects of a cell are not independent)")
-    e.add_argument("--real-splits", type=int, default=10, help="random halves of the real cells for the null")
+    e.add_argument("--real-splits", type=int, default=10,
+                   help="random halves of the real set for the null (0: none)")
+    e.add_argument("--real-split-by", choices=("cell", "image"), default="cell",
+                   help="the real-vs-real null splits whole cells (default) or whole images into halves")
     e.add_argument("--shape-vs-position", action="store_true",
                    help="also regress the first shape PC (cytogen evaluate shapes' descriptors) on position")
     e.set_defaults(func=_cmd_evaluate_positions)

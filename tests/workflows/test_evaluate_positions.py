@@ -203,3 +203,17 @@ def test_shape_vs_position_regression(tmp_path):
     reg = s["shape_vs_position"]
     assert reg["real"]["n_objects"] >= 30 and reg["real"]["r2"] > 0.35 and reg["generated"]["r2"] < 0.2
     assert "Shape vs position" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_real_split_by_image_and_pixel_size_override(sets, tmp_path):
+    out = tmp_path / "by_image"
+    assert _run(sets, "same", out, "--real-split-by", "image", "--pixel-size-um", "1.0", "--permute-by", "cell") == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["real_vs_real"]["split_by"] == "image" and s["real_vs_real"]["n_groups"] == 4
+    assert s["inputs"]["real"]["pixel_size_um"] == [[1.0, 1.0]] and s["test"]["permute_by"] == "group"
+    rows = (out / "objects.csv").read_text().splitlines()
+    ref = (tmp_path / "ref")
+    assert _run(sets, "same", ref) == 0  # metadata pixel size 0.5 um: centroids in um halve
+    a = [float(r.split(",")[4]) for r in rows[1:]]
+    b = [float(r.split(",")[4]) for r in (ref / "objects.csv").read_text().splitlines()[1:]]
+    np.testing.assert_allclose(np.asarray(b) * 2, a, rtol=1e-6)

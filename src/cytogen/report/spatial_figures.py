@@ -102,7 +102,8 @@ def positions_report(path: str | Path, fig: Figure, summary: dict[str, Any], png
                    "null KL 95 %": t["kl_null_95"]}]
     rvr = summary.get("real_vs_real")
     if rvr:
-        stats_rows.append({"comparison": f"real halves ({rvr['n_splits']} splits of {rvr['n_groups']} cells)",
+        stats_rows.append({"comparison": f"real halves ({rvr['n_splits']} splits of {rvr['n_groups']} "
+                                         f"{rvr.get('split_by', 'cell')}s)",
                            "KL": rvr["kl_median"], "p (permutation)": rvr["p_median"]})
     text = [f"Frame: {frame['meaning']}; cells aligned by their major axis ({frame['align']}). Densities: Gaussian "
             f"kernel of SD {t['bandwidth']:.3f} (frame units) on a grid of {t['grid']}; KL on that grid with a "

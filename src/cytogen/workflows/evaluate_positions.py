@@ -189,7 +189,7 @@ def evaluate_positions(real: Any, pred: Any, cells: Any, nuclei: Any, out: str |
                        n_permutations: int = 1000, bandwidth: float | None = None, seed: int = 0,
                        exclude_border: bool = False, radius: str = "shell", align: str = "xy",
                        permute_by: str = "object", real_splits: int = 10, shape_vs_position: bool = False,
-                       centre: str = "nucleus") -> dict[str, Any]:
+                       centre: str = "nucleus", real_split_by: str = "cell") -> dict[str, Any]:
     """Compare the positions of real and generated objects (module docstring); returns ``summary.json``."""
     from cytogen.report.spatial_figures import positions_figure, positions_report
 
@@ -198,6 +198,8 @@ def evaluate_positions(real: Any, pred: Any, cells: Any, nuclei: Any, out: str |
     if permute_by not in ("object", "cell"):
         raise CytogenError(f"--permute-by must be 'object' or 'cell', got {permute_by!r}")
     t0 = time.perf_counter()
+    if real_split_by not in ("cell", "image"):
+        raise CytogenError(f"--real-split-by must be 'cell' or 'image', got {real_split_by!r}")
     if centre not in ("nucleus", "cell"):
         raise CytogenError(f"--centre must be 'nucleus' or 'cell', got {centre!r}")
     if centre == "nucleus" and not nuclei:
@@ -215,10 +217,12 @@ def evaluate_positions(real: Any, pred: Any, cells: Any, nuclei: Any, out: str |
                            seed=seed, groups=(groups["real"], groups["generated"]) if permute_by == "cell" else None)
     dens = {"real": test.pop("density_real"), "generated": test.pop("density_generated")}
     rvr = None
-    if real_splits and len(np.unique(groups["real"])) >= 2:
-        rvr = real_vs_real(pts["real"], groups["real"], n_splits=real_splits,
+    split_groups = groups["real"] if real_split_by == "cell" else pos["real"].file.astype(str)
+    if real_splits and len(np.unique(split_groups)) >= 2:
+        rvr = real_vs_real(pts["real"], split_groups, n_splits=real_splits,
                            n_permutations=min(n_permutations, 200), bandwidth=test["bandwidth"], seed=seed,
                            permute_groups=permute_by == "cell")
+        rvr["split_by"] = real_split_by
     summary: dict[str, Any] = {
         "frame": {"radius": radius, "centre": f"{centre} centroid", "align": align,
                   "meaning": "0 = nucleus centre, 0.5 = nucleus boundary, 1 = membrane"
