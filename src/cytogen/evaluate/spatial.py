@@ -10,7 +10,8 @@ Each cell is given its own frame (:func:`cell_frames`):
   the third frame axis stays the image's +z, so apical/basal is kept); ``align="full"`` uses the
   three 3D principal axes. **Sign rule**: each in-plane axis (every axis with ``"full"``) points
   the way the cell mask's coordinates along it have positive skewness (the long tail of the cell
-  mass lies on the + side), as in :mod:`cytogen.data.cells`; along an axis where the cell is
+  mass lies on the + side), as in :mod:`cytogen.data.cells`, so a cell and its mirror image share
+  one frame (the frame may be mirrored relative to the image); along an axis where the cell is
   symmetric (skewness ~ 0) the sign is arbitrary, which only blurs the density symmetrically.
 
 Each object centroid ``p`` (um) is assigned to the cell whose mask holds its nearest voxel and

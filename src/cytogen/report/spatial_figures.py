@@ -45,7 +45,9 @@ def positions_figure(densities: dict[str, np.ndarray], radii: dict[str, np.ndarr
         Names shown for the ``"real"`` and ``"generated"`` sides.
     """
     d = densities["real"].ndim
-    shell = summary.get("frame", {}).get("radius", "shell") == "shell" if shell is None else shell
+    frame = summary.get("frame", {})
+    if shell is None:  # the nucleus boundary is at 0.5 only in the shell frame centred on the nucleus
+        shell = frame.get("radius", "shell") == "shell" and frame.get("centre", "nucleus").startswith("nucleus")
     name = dict(zip(("real", "generated"), labels))
     planes = [("axis 1 (major)", "axis 2", (2,))] if d == 2 else [("axis 1 (major)", "axis 2", (2,)),
                                                                    ("axis 1 (major)", "axis 3", (1,))]
