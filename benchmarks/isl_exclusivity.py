@@ -86,13 +86,14 @@ def _timing(work: Path, key: str, seconds: float) -> None:
     path.write_text(json.dumps(t, indent=1))
 
 
-def train(work: Path, steps: int, which: list[str], extra: list[str]) -> None:
-    """One U-Net per structure (the paper's way) and one multi-output model."""
+def train(work: Path, steps: int, which: list[str], extra: list[str], resume: bool = False) -> None:
+    """One U-Net per structure (the paper's way) and one multi-output model, one after another."""
     for name in which:
         run = work / "runs" / name
         s = _run(work, ["train", str(RECIPE), "--data", str(work / f"manifest_{name}.csv"), "--out", str(run),
-                        "--max-steps", str(steps), *extra], f"train_{name}.log")
-        _timing(work, f"train_{name}", s)
+                        "--max-steps", str(steps), *extra, *(["--resume"] if resume else [])],
+                 f"train_{name}{'_resumed' if resume else ''}.log")
+        _timing(work, f"train_{name}{'_resumed' if resume else ''}", s)
 
 
 def retrain(work: Path, steps: int, weights: str, extra: list[str]) -> None:
@@ -144,9 +145,13 @@ def main() -> None:
     p.add_argument("--weights", default="0,0.5,1,2,4")
     p.add_argument("--which", default="DAPI,MAP2,NFH,all", help="train: models to train")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--minutes", type=float, default=None, help="train: time box per model (train.max_time_min)")
+    p.add_argument("--resume", action="store_true", help="train: continue interrupted runs")
     a = p.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
     extra = [x for kv in a.set for x in ("--set", kv)]
+    if a.minutes:
+        extra += ["--set", f"train.max_time_min={a.minutes}"]
     if a.stage == "prepare":
         prepare(a.work)
     elif a.stage == "speed":
@@ -155,7 +160,7 @@ def main() -> None:
                  "speed.log")
         print(json.dumps({"steps": a.steps, "seconds": round(s, 1), "steps_per_s": round(a.steps / s, 3)}))
     elif a.stage == "train":
-        train(a.work, a.steps, a.which.split(","), extra)
+        train(a.work, a.steps, a.which.split(","), extra, a.resume)
     elif a.stage == "retrain":
         retrain(a.work, a.steps, a.weights, extra)
     else:

@@ -168,6 +168,7 @@ CASES = {
     "statcell features no cells csv": (lambda r: ["statcell", "features", "--reference", f"{r}/run/model", "--data", f"{r}/nocells.csv", "--out", f"{r}/e"], "cells extract"),
     "statcell sweep translator recipe": (lambda r: ["statcell", "sweep", str(CONFIGS / "translate_unet2d.yaml"), "--data", f"{r}/nocells.csv", "--out", f"{r}/e"], "not a Statistical Cell"),
     "statcell coupling model missing": (lambda r: ["statcell", "coupling", "--target", f"{r}/nomodel", "--data", f"{r}/nocells.csv", "--out", f"{r}/e"], "not a cytogen model folder"),
+    "retrain exclusivity one model only": (lambda r: ["retrain", "exclusivity", "--models", f"{r}/run/model", "--data", f"{r}/good.csv", "--out", f"{r}/rx"], "at least 2 models"),
     # unsupervised cell segmentation
     "segment cells translator as segmenter": (lambda r: ["segment", "cells", f"{r}/run/model", "--data", f"{r}/seg.csv", "--out", f"{r}/s"], "not a cell segmenter"),
     "segment cells manifest without markers": (lambda r: ["segment", "cells", "--method", "propagate", "--data", f"{r}/good.csv", "--out", f"{r}/s"], "marker"),
