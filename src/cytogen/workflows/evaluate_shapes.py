@@ -235,7 +235,11 @@ def _report(path: Path, s: dict, figs: dict) -> None:
              + ", ".join(f"{v:.2f}" for v in s["pca"]["explained_variance_ratio"]) + ".",
              s["score"] + ".", "p permutation: " + s["p_permutation"] + "; p real vs real: " + s["p_real_vs_real"]
              + ". Large p values: no evidence that the generated shapes differ from the real ones.",
-             f"Not star-shaped (radial function describes the envelope only): {s['not_star_shaped']}."]
+             "Not star-shaped (a ray from the centroid re-enters the object: the radial function describes "
+             f"the envelope only): real {s['not_star_shaped']['real']}, generated {s['not_star_shaped']['generated']}; "
+             f"with more than 1 % of rays re-entering: real {s['concave_over_1pct']['real']}, generated "
+             f"{s['concave_over_1pct']['generated']}. Labels in several pieces (largest described): real "
+             f"{s['multi_piece_objects']['real']}, generated {s['multi_piece_objects']['generated']}."]
     sections = [Section("kNN-purity divergence", intro, [("per k", table), (f"reconstruction Hausdorff ({u})", hd)],
                         [("shape PCs, real vs generated", figs["shapes_pca.png"]),
                          ("score vs k with the null bands (5-95 %)", figs["shapes_purity.png"])]),
