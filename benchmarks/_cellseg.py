@@ -3,7 +3,6 @@ Python API (the same calls as ``cytogen train`` / ``segment cells`` / ``evaluate
 
 from __future__ import annotations
 
-import csv
 import time
 from pathlib import Path
 from typing import Any

@@ -168,6 +168,9 @@ CASES = {
     "statcell features no cells csv": (lambda r: ["statcell", "features", "--reference", f"{r}/run/model", "--data", f"{r}/nocells.csv", "--out", f"{r}/e"], "cells extract"),
     "statcell sweep translator recipe": (lambda r: ["statcell", "sweep", str(CONFIGS / "translate_unet2d.yaml"), "--data", f"{r}/nocells.csv", "--out", f"{r}/e"], "not a Statistical Cell"),
     "statcell coupling model missing": (lambda r: ["statcell", "coupling", "--target", f"{r}/nomodel", "--data", f"{r}/nocells.csv", "--out", f"{r}/e"], "not a cytogen model folder"),
+    "evaluate exclusivity one single-channel folder": (lambda r: ["evaluate", "exclusivity", "--pred", f"{r}/fl", "--out", f"{r}/ex"], "at least 2 structures"),
+    "evaluate shapes float images as labels": (lambda r: ["evaluate", "shapes", "--real", f"{r}/fl", "--pred", f"{r}/fl", "--out", f"{r}/sh"], "non-integer"),
+    "evaluate positions objects folder missing": (lambda r: ["evaluate", "positions", "--real", f"{r}/noobj", "--pred", f"{r}/fl", "--cells", f"{r}/fl", "--nuclei", f"{r}/fl", "--out", f"{r}/po"], "noobj"),
     "retrain exclusivity one model only": (lambda r: ["retrain", "exclusivity", "--models", f"{r}/run/model", "--data", f"{r}/good.csv", "--out", f"{r}/rx"], "at least 2 models"),
     # unsupervised cell segmentation
     "segment cells translator as segmenter": (lambda r: ["segment", "cells", f"{r}/run/model", "--data", f"{r}/seg.csv", "--out", f"{r}/s"], "not a cell segmenter"),

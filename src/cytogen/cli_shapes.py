@@ -44,7 +44,7 @@ def add_evaluate_shapes_parser(esub) -> None:
     e.add_argument("--exclude-border", action="store_true", help="leave out objects touching the image border")
     e.add_argument("--min-size", type=int, default=None, help="smallest object in px/voxels (default 9 2D, 27 3D)")
     e.add_argument("--split-real-by", choices=("auto", "image", "object"), default="auto",
-                   help="real-vs-real null: split whole images or single objects (auto: by image from 4 images)")
+                   help="real-vs-real null: split whole images or single objects (auto: by image from 10 images, else by object)")
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(func=_cmd_evaluate_shapes)
 

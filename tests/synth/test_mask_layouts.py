@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import ndimage as ndi
 
 from cytogen.errors import CytogenError
 from cytogen.synth.mask_layouts import ShapeLibrary, placed_footprint, random_layout

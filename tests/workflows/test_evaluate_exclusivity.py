@@ -119,3 +119,15 @@ def test_cli_and_bad_input(tmp_path, capsys):
         evaluate_exclusivity(dirs, tmp_path / "bad3", scale="truth")
     with pytest.raises(CytogenError, match="not a folder"):
         evaluate_exclusivity([tmp_path / "missing", dirs[0]], tmp_path / "bad4")
+
+
+def test_out_folder_with_other_files_is_refused_and_kept(tmp_path):
+    dirs = _write_per_structure(tmp_path / "pred", _fields(6))
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(CytogenError, match="holds other files"):
+        evaluate_exclusivity(dirs, out)
+    assert (out / "notes.txt").read_text() == "keep me"
+    evaluate_exclusivity(dirs, tmp_path / "again")
+    evaluate_exclusivity(dirs, tmp_path / "again")  # a previous evaluation is replaced

@@ -58,7 +58,7 @@ def test_cli_round_trip_2d_same_and_too_large(tmp_path, capsys):
     s = json.loads((tmp_path / "o_same" / "summary.json").read_text())
     assert printed["n_objects"] == s["n_objects"] == {"real": 64, "generated": 64}
     assert s["units"] == "um" and s["pixel_size_source"] == "image metadata"
-    assert s["descriptor_kind"] == "fourier_amplitude" and s["degree"] == 8 and s["real_split"] == "image"
+    assert s["descriptor_kind"] == "fourier_amplitude" and s["degree"] == 8 and s["real_split"] == "object"  # 4 images: too few to split by image
     assert len(s["pca"]["explained_variance_ratio"]) == 3 and s["not_star_shaped"] == {"real": 0, "generated": 0}
     assert s["hausdorff"]["real"]["max"] < 0.5  # ellipses reconstruct within a pixel
     assert [r["k"] for r in s["purity"]] == [4, 8, 16]
@@ -72,7 +72,7 @@ def test_cli_round_trip_2d_same_and_too_large(tmp_path, capsys):
     assert _run("--real", str(tmp_path / "real"), "--pred", str(tmp_path / "big"), "--out",
                 str(tmp_path / "o_big"), *common) == 0
     b = json.loads((tmp_path / "o_big" / "summary.json").read_text())
-    assert all(r["p_permutation"] < 0.01 and r["p_real_vs_real"] < 0.01 for r in b["purity"])
+    assert all(r["p_permutation"] < 0.01 and r["p_real_vs_real"] < 0.05 for r in b["purity"])
 
 
 def test_pixel_size_flag_wins_and_px_units_without_metadata(tmp_path):

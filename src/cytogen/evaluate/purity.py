@@ -2,7 +2,8 @@
 
 Pool ``m`` generated objects (label 1) and ``n`` real objects (label 0) in a descriptor space
 (e.g. the first 3 shape PCs). For each pooled object ``i``, ``p_i`` is the fraction of its ``k``
-nearest neighbours (Euclidean, itself excluded) that are generated, and ``q = m / (m + n)``:
+nearest neighbours (Euclidean, itself excluded; ties at the k-th distance shared equally, see
+:func:`neighbour_weights`) that are generated, and ``q = m / (m + n)``:
 
     score = 1/(m+n) sum_i [ p_i log(p_i / q) + (1 - p_i) log((1 - p_i) / (1 - q)) ]
 
@@ -29,39 +30,58 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import sparse
 from scipy.spatial import cKDTree
 from scipy.special import xlogy
 
 from cytogen.errors import CytogenError
 
-__all__ = ["knn_purity_score", "neighbour_indices", "purity_scores", "purity_test"]
+__all__ = ["knn_purity_score", "neighbour_weights", "purity_scores", "purity_test"]
 
 
-def neighbour_indices(x: np.ndarray, k: int) -> np.ndarray:
-    """``(N, k)`` indices of each row's ``k`` nearest other rows (itself excluded, also under ties)."""
+def neighbour_weights(x: np.ndarray, k: int) -> sparse.csr_matrix:
+    """``(N, N)`` sparse weights of each row's ``k`` nearest other rows (itself excluded).
+
+    Row ``i`` holds ``1 / k`` for each object strictly closer than the ``k``-th neighbour
+    distance ``d_k``, and shares the remaining ``(k - c) / k`` equally among all objects *at*
+    ``d_k`` (ties, within 1e-9 relative): the expected ``p_i`` over every tie-breaking order.
+    Small objects repeat their pixel shapes exactly, so their descriptors tie often; breaking
+    ties by row order (real rows first) or once at random would make all tied objects share one
+    arbitrary neighbour set and the score a lottery. Rows sum to 1; ``p = W @ y``.
+    """
     x = np.asarray(x, np.float64)
     n = len(x)
     if not 1 <= k <= n - 1:
         raise CytogenError(f"k = {k} nearest neighbours need at least k + 1 = {k + 1} objects, got {n}")
-    idx = cKDTree(x).query(x, k=k + 1)[1].reshape(n, k + 1)
-    own = idx == np.arange(n)[:, None]
-    missing = ~own.any(1)  # duplicates: itself not among the k + 1; drop the farthest instead
-    own[missing, -1] = True
-    return idx[~own].reshape(n, k)
+    tree = cKDTree(x)
+    d_k = tree.query(x, k=k + 1)[0].reshape(n, k + 1)[:, k]  # k-th distance once itself is left out
+    tol = 1e-9 * np.maximum(d_k, 1e-12)
+    balls = tree.query_ball_point(x, d_k + tol)
+    rows, cols, vals = [], [], []
+    for i, ball in enumerate(balls):
+        j = np.asarray([b for b in ball if b != i], np.int64)
+        d = np.linalg.norm(x[j] - x[i], axis=1)
+        closer = d < d_k[i] - tol[i]
+        n_closer, n_tie = int(closer.sum()), int((~closer).sum())
+        w = np.where(closer, 1.0 / k, (k - n_closer) / (k * max(n_tie, 1)))
+        rows.append(np.full(len(j), i))
+        cols.append(j)
+        vals.append(w)
+    return sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
 
 
-def purity_scores(nbrs: np.ndarray, y: np.ndarray) -> np.ndarray | float:
+def purity_scores(weights: sparse.csr_matrix, y: np.ndarray) -> np.ndarray | float:
     """Eq 2 for labels ``y`` (``(N,)`` of 0/1, or ``(P, N)`` for ``P`` labelings) on fixed neighbours."""
     y = np.asarray(y, np.float64)
     if y.ndim == 1:
-        return float(_scores(nbrs, y[None])[0])
-    step = max(1, int(4_000_000 // max(1, nbrs.size)))  # y[:, nbrs] is (P, N, k): in chunks
-    return np.concatenate([_scores(nbrs, y[s:s + step]) for s in range(0, len(y), step)])
+        return float(_scores(weights, y[None])[0])
+    step = max(1, int(4_000_000 // max(1, y.shape[1])))  # (P, N) dense products, in chunks
+    return np.concatenate([_scores(weights, y[s:s + step]) for s in range(0, len(y), step)])
 
 
-def _scores(nbrs: np.ndarray, y: np.ndarray) -> np.ndarray:
+def _scores(weights: sparse.csr_matrix, y: np.ndarray) -> np.ndarray:
     q = y.mean(1, keepdims=True)
-    p = y[:, nbrs].mean(-1)
+    p = np.clip(np.asarray(weights @ y.T).T, 0.0, 1.0)
     kl = xlogy(p, p / q) + xlogy(1 - p, (1 - p) / (1 - q))
     return kl.mean(1)
 
@@ -70,7 +90,7 @@ def knn_purity_score(x_real: np.ndarray, x_gen: np.ndarray, k: int) -> float:
     """Sun et al. 2022 Eq 2 (module docstring): mean KL(Bernoulli(p_i) || Bernoulli(q)), nats."""
     xr, xg = _two(x_real, x_gen)
     y = np.r_[np.zeros(len(xr)), np.ones(len(xg))]
-    return purity_scores(neighbour_indices(np.vstack([xr, xg]), int(k)), y)
+    return purity_scores(neighbour_weights(np.vstack([xr, xg]), int(k)), y)
 
 
 def _two(x_real, x_gen) -> tuple[np.ndarray, np.ndarray]:
@@ -151,6 +171,7 @@ def purity_test(x_real: np.ndarray, x_gen: np.ndarray, ks: Sequence[int] = (4, 8
     perms = np.stack([rng.permutation(y) for _ in range(n_permutations)])
     splits = _real_splits(n, m / (m + n), n_splits, rng, real_image_ids)
     ok_split = (splits.sum(1) > 0) & (splits.sum(1) < n)
+    n_distinct = int(len(np.unique(splits[ok_split], axis=0))) if ok_split.any() else 0
     out = []
     for k in ks:
         k = int(k)
@@ -160,15 +181,15 @@ def purity_test(x_real: np.ndarray, x_gen: np.ndarray, ks: Sequence[int] = (4, 8
                        note=f"k = {k} needs more than {n + m} objects")
             out.append(row)
             continue
-        nb = neighbour_indices(pooled, k)
+        nb = neighbour_weights(pooled, k)
         score = float(purity_scores(nb, y))
         null = np.atleast_1d(purity_scores(nb, perms))
         row.update(score=score, p_permutation=float((1 + np.sum(null >= score - 1e-12)) / (1 + len(null))),
                    null_permutation=_band(null))
         if k <= n - 1 and ok_split.any():
-            rvr = np.atleast_1d(purity_scores(neighbour_indices(xr, k), splits[ok_split]))
+            rvr = np.atleast_1d(purity_scores(neighbour_weights(xr, k), splits[ok_split]))
             row.update(p_real_vs_real=float((1 + np.sum(rvr >= score - 1e-12)) / (1 + len(rvr))),
-                       null_real_vs_real=_band(rvr))
+                       null_real_vs_real=_band(rvr), n_distinct_real_splits=n_distinct)
         else:
             row.update(p_real_vs_real=None, note=f"real-vs-real null needs more than k = {k} real objects "
                                                  f"(and a split into two non-empty parts), got {n}")

@@ -43,6 +43,19 @@ def image_files(folder: Path) -> dict[str, Path]:
     return dict(sorted(found.items()))
 
 
+def check_out(out: str | Path, outputs: tuple[str, ...], what: str) -> Path:
+    """Refuse an ``--out`` that exists and holds anything but a previous ``what`` (it is replaced whole).
+
+    Evaluations write their folder with :func:`cytogen.io.atomic.atomic_dir`, which swaps in the
+    new folder and deletes the old one: this keeps a user's other files from being deleted.
+    """
+    out = Path(out)
+    if out.is_file() or (out.is_dir() and any(p.name not in outputs for p in out.iterdir())):
+        raise CytogenError(f"--out {out}: exists and holds other files than {what} ({', '.join(outputs)}); "
+                           "give a new folder (it is replaced as a whole)")
+    return out
+
+
 def find_prediction(pred_dir: Path, name: str) -> Path | None:
     """The prediction file ``PRED/<name>.<suffix>`` for a field, or None."""
     for suffix in (".tif", ".tiff", ".ome.tif", ".ome.zarr", ".zarr", ".png"):

@@ -24,7 +24,7 @@ from cytogen.io.atomic import atomic_dir
 from cytogen.io.images import Image, read_image, read_spec
 from cytogen.report.figures import save_figure
 from cytogen.report.html import Section, write_report
-from cytogen.workflows.evaluate import field_name, find_prediction, write_csv, write_json
+from cytogen.workflows.evaluate import check_out, field_name, find_prediction, write_csv, write_json
 
 __all__ = ["OUTPUTS", "collect_cell_fields", "evaluate_cells", "read_labels"]
 
@@ -116,13 +116,6 @@ def collect_cell_fields(pred: Path, truth: Path, split: str | None = None) -> tu
                    and (n := field_name(p)) is not None and n not in names)
     return fields, {"truth_kind": TRUTH_KINDS[kind], "n_fields_without_truth": skipped,
                     "n_pred_unscored": unscored}
-
-
-def _check_out(out: Path) -> None:
-    """``OUT`` is replaced as a whole: refuse a folder that holds anything but a previous evaluation."""
-    if out.is_file() or (out.is_dir() and any(p.name not in OUTPUTS for p in out.iterdir())):
-        raise CytogenError(f"--out {out}: exists and holds other files than a cell evaluation "
-                           f"({', '.join(OUTPUTS)}); give a new folder (it is replaced as a whole)")
 
 
 def _score_field(f: dict) -> dict:
@@ -231,7 +224,7 @@ def evaluate_cells(pred: str | Path, truth: str | Path, out: str | Path, *,
         occupied ``out``.
     """
     pred, truth, out = Path(pred), Path(truth), Path(out)
-    _check_out(out)
+    check_out(out, OUTPUTS, "a cell evaluation")
     fields, info = collect_cell_fields(pred, truth, split)
     scored = [_score_field(f) for f in fields]
     pooled = pool_cell_scores(scored)

@@ -31,7 +31,7 @@ from cytogen.io.images import read_image, read_spec, stack_channels
 from cytogen.report.exclusivity_figures import field_figure, summary_figure
 from cytogen.report.figures import save_figure
 from cytogen.report.html import Section, write_report
-from cytogen.workflows.evaluate import image_files, write_csv, write_json
+from cytogen.workflows.evaluate import check_out, image_files, write_csv, write_json
 
 __all__ = ["OUTPUTS", "evaluate_exclusivity"]
 
@@ -160,6 +160,7 @@ def evaluate_exclusivity(pred: list[str | Path], out: str | Path, *, truth: list
         raise CytogenError("--scale truth needs --truth (the real images); use --scale percentile, minmax or none")
     if not percentiles[0] < percentiles[1]:
         raise CytogenError(f"--percentiles {percentiles}: the low percentile must be below the high one")
+    check_out(out, OUTPUTS, "an exclusivity evaluation")
     src = _Source(pred, names, "pred")
     ref = _Source(truth, src.names, "truth") if truth else None
     fields = list(src.files)
@@ -169,8 +170,6 @@ def evaluate_exclusivity(pred: list[str | Path], out: str | Path, *, truth: list
     results, truth_results, rows, previews = [], [], [], []
     sq = inter = union = n_pix = 0
     for k, f in enumerate(fields):
-        if progress:
-            print(f"\rexclusivity: field {k + 1}/{len(fields)} {f}", end="", file=sys.stderr, flush=True)
         p = src.read(f)
         names = src.names
         if ref is not None:
@@ -202,11 +201,11 @@ def evaluate_exclusivity(pred: list[str | Path], out: str | Path, *, truth: list
             union = union + np.array([j[1] for j in jac])
             n_pix += p[0].size
         rows += _field_rows(f, names, res, t_res, mse, jac)
+        if progress:
+            print(f"exclusivity: field {k + 1}/{len(fields)} {f} done", file=sys.stderr, flush=True)
         if k < _PREVIEW_FIELDS:
             previews.append((f, _preview(p), exclusivity_map(p).max(axis=0) if p.ndim == 4 else exclusivity_map(p),
                              _preview(t) if t is not None else None))
-    if progress:
-        print(file=sys.stderr)
     names = src.names
     pooled = pool_exclusivity(results)
     summary: dict[str, Any] = {

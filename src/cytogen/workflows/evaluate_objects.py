@@ -21,7 +21,7 @@ from cytogen.io.atomic import atomic_dir
 from cytogen.io.images import read_image, read_spec, stack_channels
 from cytogen.report.html import Section, write_report
 from cytogen.report.object_figures import distance_hist_figure, overlay_figure
-from cytogen.workflows.evaluate import find_prediction, write_csv, write_json
+from cytogen.workflows.evaluate import check_out, find_prediction, write_csv, write_json
 
 __all__ = ["ObjectSettings", "collect_pairs", "evaluate_objects", "object_sections"]
 
@@ -118,13 +118,6 @@ def object_sections(result: ObjectResult | dict[str, Any], max_overlays: int = 6
 OUTPUTS = ("objects.csv", "fields.csv", "summary.json", "report.html")
 
 
-def _check_out(out: Path) -> None:
-    """``OUT`` is replaced as a whole: refuse a folder that holds anything but a previous evaluation."""
-    if out.is_file() or (out.is_dir() and any(p.name not in OUTPUTS for p in out.iterdir())):
-        raise CytogenError(f"{out}: exists and holds other files than an object evaluation "
-                           f"({', '.join(OUTPUTS)}); give a new --out folder (it is replaced as a whole)")
-
-
 def _progress(line: str) -> None:
     print(line, file=sys.stderr)
 
@@ -169,7 +162,7 @@ def evaluate_objects(pred: str | Path, truth: str | Path, out: str | Path, *,
             raise CytogenError("give --labels (the inputs are label images) or --segmenter, not both")
         settings = dataclasses.replace(settings, segmenter=segmenter_function(segmenter), segmenter_name=str(segmenter))
     out = Path(out)
-    _check_out(out)
+    check_out(out, OUTPUTS, "an object evaluation")
     pairs = collect_pairs(Path(pred), Path(truth), split)
     result = compute_object_metrics(pairs, settings, progress=_progress if progress else None)
     if progress and result.summary["unit"] == "px":

@@ -32,7 +32,7 @@ from cytogen.evaluate.spatial import Positions, concat_positions, object_positio
 from cytogen.evaluate.spatial_density import positional_test, real_vs_real, shape_position_regression
 from cytogen.io.atomic import atomic_dir
 from cytogen.io.images import read_image
-from cytogen.workflows.evaluate import IMAGE_SUFFIXES, field_name, write_csv, write_json
+from cytogen.workflows.evaluate import IMAGE_SUFFIXES, check_out, field_name, write_csv, write_json
 from cytogen.workflows.evaluate_cells import read_labels
 
 OUTPUTS = ("summary.json", "objects.csv", "positions.png", "report.html")
@@ -198,6 +198,7 @@ def evaluate_positions(real: Any, pred: Any, cells: Any, nuclei: Any, out: str |
     if permute_by not in ("object", "cell"):
         raise CytogenError(f"--permute-by must be 'object' or 'cell', got {permute_by!r}")
     t0 = time.perf_counter()
+    check_out(out, OUTPUTS, "a position evaluation")
     if real_split_by not in ("cell", "image"):
         raise CytogenError(f"--real-split-by must be 'cell' or 'image', got {real_split_by!r}")
     if centre not in ("nucleus", "cell"):

@@ -22,7 +22,9 @@ from cytogen.evaluate.realism import FEATURES, compare_features, object_features
 from cytogen.io.atomic import atomic_dir, write_json
 from cytogen.io.images import read_spec
 from cytogen.report.figures import save_figure
-from cytogen.workflows.evaluate import write_csv
+from cytogen.workflows.evaluate import check_out, write_csv
+
+OUTPUTS = ("realism.json", "objects.csv", "features.png")
 
 
 def _measure(manifest: str | Path, split: str | None) -> list[dict[str, np.ndarray]]:
@@ -63,6 +65,7 @@ def _figure(real: dict[str, np.ndarray], synth: dict[str, np.ndarray], result: d
 def evaluate_realism(real: str | Path, synthetic: str | Path, out: str | Path, *, real_split: str | None = None,
                      synthetic_split: str | None = None) -> dict[str, Any]:
     """Compare the objects of two manifests (see the module docstring); returns ``realism.json``'s dict."""
+    check_out(out, OUTPUTS, "a realism evaluation")
     real_f, synth_f = _measure(real, real_split), _measure(synthetic, synthetic_split)
     r, s = _pool(real_f), _pool(synth_f)
     result = compare_features(r, s)

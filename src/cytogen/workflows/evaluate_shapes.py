@@ -33,9 +33,13 @@ from cytogen.io.atomic import atomic_dir
 from cytogen.io.images import read_image
 from cytogen.report.figures import save_figure
 from cytogen.report.html import Section, write_report
-from cytogen.workflows.evaluate import write_csv, write_json
+from cytogen.workflows.evaluate import check_out, write_csv, write_json
 
 SUFFIXES = (".tif", ".tiff")
+#: ``split_real_by="auto"`` splits the real set by whole images from this many images on.
+MIN_IMAGES_TO_SPLIT = 10
+OUTPUTS = ("summary.json", "objects.csv", "shapes_pca.png", "shapes_purity.png", "shapes_reconstructions.png",
+           "report.html")
 
 
 def _files(folder: str | Path, side: str) -> list[Path]:
@@ -129,11 +133,13 @@ def evaluate_shapes(real: str | Path, pred: str | Path, out: str | Path, *,
     """Compare object shapes of two folders of label images (module docstring); returns the summary.
 
     ``split_real_by``: ``"image"`` (the real-vs-real null splits whole images), ``"object"``, or
-    ``"auto"`` (by image when the real folder holds at least 4 images).
+    ``"auto"`` (by image when the real folder holds at least :data:`MIN_IMAGES_TO_SPLIT` images:
+    with fewer, whole-image halves are a handful of distinct splits and the null is too coarse).
     """
     from cytogen.report.shape_figures import pca_figure, purity_figure, reconstruction_figure
 
     t0 = time.time()
+    check_out(out, OUTPUTS, "a shape evaluation")
     if split_real_by not in ("auto", "image", "object"):
         raise CytogenError(f"split_real_by must be auto, image or object, got {split_real_by!r}")
     files = {"real": _files(real, "real"), "pred": _files(pred, "pred")}
@@ -162,7 +168,7 @@ def evaluate_shapes(real: str | Path, pred: str | Path, out: str | Path, *,
                 "are instance label images, or lower --min-size / drop --exclude-border")
     pca = shape_pca(pr["descriptors"], pg["descriptors"], n_components=3)
     xr, xg = pca.scores
-    by_image = split_real_by == "image" or (split_real_by == "auto" and len(files["real"]) >= 4)
+    by_image = split_real_by == "image" or (split_real_by == "auto" and len(files["real"]) >= MIN_IMAGES_TO_SPLIT)
     res = purity_test(xr, xg, ks, n_permutations=n_permutations, seed=seed,
                       real_image_ids=ids_r if by_image else None)
     kind, deg = t_r[0].kind, t_r[0].degree
