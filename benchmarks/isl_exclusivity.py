@@ -96,12 +96,12 @@ def train(work: Path, steps: int, which: list[str], extra: list[str], resume: bo
         _timing(work, f"train_{name}{'_resumed' if resume else ''}", s)
 
 
-def retrain(work: Path, steps: int, weights: str, extra: list[str]) -> None:
+def retrain(work: Path, steps: int, weights: str, extra: list[str], name: str = "retrain") -> None:
     models = [str(work / "runs" / s / "model") for s in STRUCTURES]
     s = _run(work, ["retrain", "exclusivity", "--models", *models, "--data", str(work / "manifest_all.csv"),
-                    "--out", str(work / "retrain"), "--weights", weights, "--steps", str(steps), *extra],
-             "retrain.log")
-    _timing(work, "retrain", s)
+                    "--out", str(work / name), "--weights", weights, "--steps", str(steps), *extra],
+             f"{name}.log")
+    _timing(work, name, s)
 
 
 def evaluate(work: Path) -> None:
@@ -147,6 +147,7 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--minutes", type=float, default=None, help="train: time box per model (train.max_time_min)")
     p.add_argument("--resume", action="store_true", help="train: continue interrupted runs")
+    p.add_argument("--name", default="retrain", help="retrain: output folder name under --work")
     a = p.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
     extra = [x for kv in a.set for x in ("--set", kv)]
@@ -162,7 +163,7 @@ def main() -> None:
     elif a.stage == "train":
         train(a.work, a.steps, a.which.split(","), extra, a.resume)
     elif a.stage == "retrain":
-        retrain(a.work, a.steps, a.weights, extra)
+        retrain(a.work, a.steps, a.weights, extra, a.name)
     else:
         evaluate(a.work)
 
