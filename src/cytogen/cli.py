@@ -52,13 +52,18 @@ def _cmd_synth_statcell(a: argparse.Namespace) -> None:
     print(path)
 
 
+def two_numbers(text: str, sep: str, problem: str) -> tuple[float, float]:
+    """``"a<sep>b"`` -> (a, b) for argparse; ``problem`` is the error shown otherwise."""
+    try:
+        lo, hi = (float(v) for v in text.split(sep))
+    except ValueError:
+        raise argparse.ArgumentTypeError(problem) from None
+    return lo, hi
+
+
 def _range(text: str) -> tuple[float, float]:
     """``LOW:HIGH`` -> (low, high) for argparse."""
-    try:
-        lo, hi = (float(v) for v in text.split(":"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not LOW:HIGH (two numbers, e.g. 0.8:1.25)") from None
-    return lo, hi
+    return two_numbers(text, ":", f"{text!r} is not LOW:HIGH (two numbers, e.g. 0.8:1.25)")
 
 
 def _number_or_range(text: str) -> float | tuple[float, float]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from cytogen.cli import _threshold
+from cytogen.cli import _threshold, two_numbers
 
 
 def _names(text: str) -> list[str]:
@@ -19,11 +19,7 @@ def _names(text: str) -> list[str]:
 
 
 def _percentiles(text: str) -> tuple[float, float]:
-    try:
-        lo, hi = (float(t) for t in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected two percentiles like 1,99.8, got {text!r}") from None
-    return lo, hi
+    return two_numbers(text, ",", f"expected two percentiles like 1,99.8, got {text!r}")
 
 
 def _cmd(a: argparse.Namespace) -> None:

@@ -82,24 +82,10 @@ def read_field(entry: FieldEntry, *, require_target: bool = True, source_labels:
             f"field {entry.name!r}: source {entry.source[0]} is {src.spatial_shape} but target "
             f"{entry.target[0]} is {tgt.spatial_shape}; source and target must be the same size"
         )
-    mask = None
-    if entry.mask:
-        m = read_spec(entry.mask)
-        if m.spatial_shape != src.spatial_shape:
-            raise CytogenError(
-                f"field {entry.name!r}: mask {entry.mask} is {m.spatial_shape}, source is "
-                f"{src.spatial_shape}; the mask must cover the same pixels"
-            )
-        mask = np.any(m.data > 0, axis=0)
-    reference = None
-    if entry.reference:
-        ref = read_spec(entry.reference)
-        if ref.spatial_shape != src.spatial_shape:
-            raise CytogenError(
-                f"field {entry.name!r}: reference {entry.reference} is {ref.spatial_shape}, source is "
-                f"{src.spatial_shape}; the reference must cover the same pixels"
-            )
-        reference = ref.data.astype(np.float32)
+    mask = _read_aligned(entry, entry.mask, "mask", src)
+    mask = None if mask is None else np.any(mask > 0, axis=0)
+    reference = _read_aligned(entry, entry.reference, "reference", src)
+    reference = None if reference is None else reference.astype(np.float32)
     for what, arr in (("source", src.data), ("target", None if tgt is None else tgt.data),
                       ("reference", reference)):
         if arr is not None and not np.all(np.isfinite(arr)):
@@ -107,6 +93,19 @@ def read_field(entry: FieldEntry, *, require_target: bool = True, source_labels:
                 f"field {entry.name!r}: {what} contains NaN/Inf pixels; replace them before training"
             )
     return RawField(entry.name, src, tgt, mask, entry.split, reference)
+
+
+def _read_aligned(entry: FieldEntry, spec: str | None, what: str, src: Image) -> np.ndarray | None:
+    """The data of an optional per-field image (mask, reference) that must cover the source's pixels."""
+    if not spec:
+        return None
+    img = read_spec(spec)
+    if img.spatial_shape != src.spatial_shape:
+        raise CytogenError(
+            f"field {entry.name!r}: {what} {spec} is {img.spatial_shape}, source is "
+            f"{src.spatial_shape}; the {what} must cover the same pixels"
+        )
+    return img.data
 
 
 def otsu_mask(target: np.ndarray, sigma: float = 1.0) -> np.ndarray:

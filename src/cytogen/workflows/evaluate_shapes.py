@@ -33,7 +33,7 @@ from cytogen.io.atomic import atomic_dir
 from cytogen.io.images import read_image
 from cytogen.report.figures import save_figure
 from cytogen.report.html import Section, write_report
-from cytogen.workflows.evaluate import check_out, write_csv, write_json
+from cytogen.workflows.evaluate import check_out, image_files, write_csv, write_json
 
 SUFFIXES = (".tif", ".tiff")
 #: ``split_real_by="auto"`` splits the real set by whole images from this many images on.
@@ -46,8 +46,7 @@ def _files(folder: str | Path, side: str) -> list[Path]:
     d = Path(folder).expanduser()
     if not d.is_dir():
         raise CytogenError(f"--{side} {d}: not a folder; give a folder of instance label images (.tif)")
-    files = sorted(p for p in d.iterdir() if p.is_file() and p.name.lower().endswith(SUFFIXES)
-                   and not p.name.startswith("."))
+    files = [p for p in image_files(d).values() if p.is_file() and p.name.lower().endswith(SUFFIXES)]
     if not files:
         raise CytogenError(f"--{side} {d}: no .tif/.tiff label images in this folder; give a folder with one "
                            "instance label image per field")

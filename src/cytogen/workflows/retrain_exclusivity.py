@@ -23,7 +23,6 @@ loss (Sun et al. 2022, sections 2.4 and 3.2, Eq 1).
 
 from __future__ import annotations
 
-import csv
 import math
 import shutil
 import sys
@@ -38,10 +37,11 @@ from cytogen.config import apply_overrides, recipe_from_dict
 from cytogen.data.manifest import FieldEntry, read_manifest, write_manifest
 from cytogen.errors import CytogenError
 from cytogen.evaluate.exclusivity import pool_exclusivity
-from cytogen.io.atomic import atomic_dir, atomic_file, write_json
+from cytogen.io.atomic import atomic_dir, write_json
 from cytogen.io.images import Image, read_spec, stack_channels, write_image
 from cytogen.losses.exclusivity import max_of_others
 from cytogen.predict.model_folder import LoadedModel, load_model_folder
+from cytogen.workflows.evaluate import write_csv
 
 __all__ = ["DEFAULT_WEIGHTS", "ORDERS", "retrain_exclusivity"]
 
@@ -168,14 +168,8 @@ def _copy_model(src: Path, dst: Path) -> None:
 
 def _write_trajectory(path: Path, rows: list[dict[str, Any]], names: list[str]) -> None:
     cols = ["step", "structure", "p", "split", "overall_exclusivity", "overall_mse", "ratio", "chosen"]
-    cols += [f"exclusivity_{n}" for n in names] + [f"mse_{n}" for n in names]
-    with atomic_file(path) as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols)
-        w.writeheader()
-        for r in rows:
-            w.writerow({**{k: r[k] for k in cols[:8]},
-                        **{f"exclusivity_{n}": r["exclusivity"][n] for n in names},
-                        **{f"mse_{n}": r["mse"][n] for n in names}})
+    write_csv(path, [{**{k: r[k] for k in cols}, **{f"exclusivity_{n}": r["exclusivity"][n] for n in names},
+                      **{f"mse_{n}": r["mse"][n] for n in names}} for r in rows])
 
 
 def retrain_exclusivity(models: list[str | Path], data: str | Path, out: str | Path, *,
