@@ -142,13 +142,25 @@ def _add_speed_flags(p: argparse.ArgumentParser, training: bool) -> None:
 
 
 def _cmd_predict(a: argparse.Namespace) -> None:
-    from cytogen.workflows.predict import predict
+    kwargs = dict(files=a.files or None, data=a.data, split=a.split, tile=a.tile, overlap=a.overlap,
+                  batch_size=a.batch_size, blend=a.blend, output_format=a.output_format,
+                  precision=a.precision or "auto", fast=not a.no_fast, compile=a.compile,
+                  accelerator=a.accelerator or "auto", resume=a.resume)
+    if a.devices == 1 and a.num_nodes == 1:
+        from cytogen.workflows.predict import predict
 
-    written = predict(a.model, a.out, files=a.files or None, data=a.data, split=a.split,
-                      tile=a.tile, overlap=a.overlap, batch_size=a.batch_size, blend=a.blend,
-                      output_format=a.output_format, precision=a.precision or "auto",
-                      fast=not a.no_fast, compile=a.compile, accelerator=a.accelerator or "auto")
-    print(f"wrote {len(written)} prediction(s) to {a.out}")
+        written = predict(a.model, a.out, **kwargs)
+        print(f"wrote {len(written)} prediction(s) to {a.out}")
+        return
+    from cytogen.workflows.predict_shard import RankStopped, predict_sharded
+
+    try:
+        s = predict_sharded(a.model, a.out, devices=a.devices, num_nodes=a.num_nodes, **kwargs)
+    except RankStopped:  # rank 0 prints why
+        raise SystemExit(2) from None
+    if s.rank == 0:  # other ranks stay quiet
+        done = f" ({len(s.skipped)} already there, skipped)" if s.skipped else ""
+        print(f"wrote {len(s.written)} prediction(s) to {a.out} with {s.world_size} processes{done}")
 
 
 def _cmd_eval_pixels(a: argparse.Namespace) -> None:
@@ -329,7 +341,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--output-format", choices=("tif", "ome-zarr"), default=None,
                     help="tif: predict in memory; ome-zarr: stream strip by strip with bounded "
                          "memory (default: ome-zarr for .zarr inputs, else tif)")
+    pr.add_argument("--resume", action="store_true",
+                    help="skip fields whose output exists (complete: outputs are written atomically) "
+                         "and predict only the missing ones (default: overwrite)")
     _add_speed_flags(pr, training=False)
+    pr.add_argument("--devices", type=int, default=1,
+                    help="processes per node, one per GPU (or CPU processes with --accelerator cpu); "
+                         "the fields are shared among them, each written once (default: 1)")
+    pr.add_argument("--num-nodes", type=int, default=1,
+                    help="machines of a SLURM (srun) or torchrun job sharing the fields (default: 1)")
     pr.set_defaults(func=_cmd_predict)
 
     e = sub.add_parser("evaluate", help="score predictions")

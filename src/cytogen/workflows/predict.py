@@ -292,7 +292,7 @@ def predict(model_dir: str | Path, out: str | Path, *, files: list[str] | None =
             tile: tuple[int, ...] | None = None, overlap: float | None = None,
             batch_size: int | None = None, blend: str | None = None, progress: bool = True,
             output_format: str | None = None, precision: str = "auto", fast: bool = True,
-            compile: bool = False, accelerator: str = "auto") -> list[Path]:
+            compile: bool = False, accelerator: str = "auto", resume: bool = False) -> list[Path]:
     """Predict fields from files or a manifest and write ``OUT/<name>.tif`` or ``.ome.zarr``.
 
     Output images are float32, carry the input's pixel size (a manifest's ``pixel_size_um``
@@ -328,11 +328,15 @@ def predict(model_dir: str | Path, out: str | Path, *, files: list[str] | None =
         ``torch.compile`` (worth it for many or large images). Written to
         ``OUT/runtime.json`` with the tiling used and where each setting came from
         (``"tiling"``: values and ``"from"``: given / recipe / default).
+    resume
+        Skip fields whose output already exists (outputs are written atomically, so an
+        existing one is complete) and predict only the missing ones; by default an existing
+        output is overwritten.
 
     Returns
     -------
     list of pathlib.Path
-        The written predictions, in input order.
+        The written predictions, in input order (without the skipped ones).
     """
     if output_format not in (None, *OUTPUT_FORMATS):
         raise CytogenError(f"output format {output_format!r} is not one of {OUTPUT_FORMATS}; "
@@ -347,7 +351,8 @@ def predict(model_dir: str | Path, out: str | Path, *, files: list[str] | None =
     out.mkdir(parents=True, exist_ok=True)
     settings.apply()
     try:
-        written = _predict_jobs(model, out, jobs, inputs, plan, settings, output_format, progress)
+        written = _predict_jobs(model, out, jobs, inputs, plan, settings, output_format, progress,
+                                skip_existing=resume)
         write_json(out / "runtime.json", {**settings.to_dict(), "tiling": plan.to_dict()})
     except BaseException:
         if created and not any(out.iterdir()):  # a failed first image leaves no empty --out
@@ -358,8 +363,9 @@ def predict(model_dir: str | Path, out: str | Path, *, files: list[str] | None =
 
 def _predict_jobs(model: LoadedModel, out: Path, jobs: list[tuple[str, list[str], float | None]],
                   inputs: set[Path], plan: TilingPlan, settings: RuntimeSettings,
-                  output_format: str | None, progress: bool) -> list[Path]:
-    """Predict and write each job of :func:`predict`; returns the written paths."""
+                  output_format: str | None, progress: bool, skip_existing: bool = False) -> list[Path]:
+    """Predict and write each job of :func:`predict`; returns the written paths (with
+    ``skip_existing``, a job whose output exists is skipped and not returned)."""
     tiling = dict(**plan.kwargs(), settings=settings)
     names = list(model.meta.get("target_channels") or []) or None
     written = []
@@ -368,6 +374,10 @@ def _predict_jobs(model: LoadedModel, out: Path, jobs: list[tuple[str, list[str]
         target = out / (f"{name}.ome.zarr" if fmt == "ome-zarr" else f"{name}.tif")
         if target.resolve() in inputs:
             raise CytogenError(f"{target}: would overwrite an input image; choose another --out")
+        if skip_existing and target.exists():
+            if progress:
+                print(f"[{i}/{len(jobs)}] {name}: skipped (exists) {target}", file=sys.stderr)
+            continue
         if fmt == "ome-zarr":
             with ExitStack() as stack:
                 image = stack_lazy([stack.enter_context(open_spec_lazy(s)) for s in specs])
@@ -381,7 +391,7 @@ def _predict_jobs(model: LoadedModel, out: Path, jobs: list[tuple[str, list[str]
             write_image(target, Image(pred, image.axes, pixel, names))
         written.append(target)
         if progress:
-            if i == 1:  # once, after the first input proved valid
+            if len(written) == 1:  # once, after the first input proved valid
                 for note in [plan.describe(), *plan.notes, *settings.notes]:
                     print(f"note: {note}", file=sys.stderr)
             print(f"[{i}/{len(jobs)}] {name}: {image.spatial_shape} -> {target}", file=sys.stderr)
