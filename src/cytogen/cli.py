@@ -23,6 +23,19 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected integers like 256 or 256,256, got {text!r}") from None
 
 
+def _auto_or(parse):
+    """An argparse type accepting ``auto`` or what ``parse`` accepts."""
+    def parse_or_auto(text: str):
+        if text.strip().lower() == "auto":
+            return "auto"
+        try:
+            return parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected auto or a number, got {text!r}") from None
+    parse_or_auto.__name__ = getattr(parse, "__name__", "value")
+    return parse_or_auto
+
+
 def _cmd_demo(a: argparse.Namespace) -> None:
     from cytogen.workflows.demo import demo
 
@@ -145,7 +158,7 @@ def _cmd_predict(a: argparse.Namespace) -> None:
     kwargs = dict(files=a.files or None, data=a.data, split=a.split, tile=a.tile, overlap=a.overlap,
                   batch_size=a.batch_size, blend=a.blend, output_format=a.output_format,
                   precision=a.precision or "auto", fast=not a.no_fast, compile=a.compile,
-                  accelerator=a.accelerator or "auto", resume=a.resume)
+                  accelerator=a.accelerator or "auto", memory_budget=a.memory_budget, resume=a.resume)
     if a.devices == 1 and a.num_nodes == 1:
         from cytogen.workflows.predict import predict
 
@@ -328,14 +341,19 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--data", default=None, help="manifest CSV instead of FILES")
     pr.add_argument("--split", default=None, help="manifest split to predict (default: test if any)")
     pr.add_argument("--out", required=True)
-    pr.add_argument("--tile", type=_ints, default=None,
-                    help="tile size, e.g. 256 or 256,256 (default: the model's recipe "
-                         "predict.tile, else twice the training patch size)")
-    pr.add_argument("--overlap", type=float, default=None,
-                    help="fraction of a tile shared with its neighbours, in [0, 1) "
+    pr.add_argument("--tile", type=_auto_or(_ints), default=None,
+                    help="tile size, e.g. 256 or 256,256, or auto: the largest tile in the memory "
+                         "budget (default: the model's recipe predict.tile)")
+    pr.add_argument("--overlap", type=_auto_or(float), default=None,
+                    help="fraction of a tile shared with its neighbours, in [0, 1), or auto: "
+                         "twice the model's effective receptive-field radius in pixels "
                          "(default: the model's recipe predict.overlap)")
-    pr.add_argument("--batch-size", type=int, default=None,
-                    help="tiles per model call (default: the model's recipe predict.batch_size)")
+    pr.add_argument("--batch-size", type=_auto_or(int), default=None,
+                    help="tiles per model call, or auto: as many as fit the memory budget "
+                         "(default: the model's recipe predict.batch_size)")
+    pr.add_argument("--memory-budget", type=float, default=None, metavar="GIB",
+                    help="GiB of activation memory per batch of tiles for auto tiling "
+                         "(default: min(2, 1/4 of the free memory of the device))")
     pr.add_argument("--blend", choices=("gaussian", "linear", "constant"), default=None,
                     help="tile blend window (default: the model's recipe predict.blend)")
     pr.add_argument("--output-format", choices=("tif", "ome-zarr"), default=None,

@@ -202,11 +202,18 @@ class TrainConfig:
 
 @dataclass
 class PredictConfig:
-    """Defaults for tiled prediction with the trained model."""
+    """Defaults for tiled prediction with the trained model.
 
-    tile: list[int] | None = None
-    overlap: float = 0.25
-    batch_size: int = 4
+    ``tile``: pixels per axis, ``null`` (twice the training patch size) or ``auto`` (the
+    largest tile in the memory budget); ``overlap``: a fraction of the tile in [0, 1), pixels
+    per axis, or ``auto`` (twice the model's effective receptive-field radius, which becomes
+    the tiles' zero-weighted margin); ``batch_size``: tiles per call or ``auto`` (as many as fit
+    the budget). See :mod:`cytogen.predict.defaults`.
+    """
+
+    tile: list[int] | str | None = "auto"
+    overlap: float | list[int] | str = "auto"
+    batch_size: int | str = "auto"
     blend: str = "gaussian"
 
 
@@ -376,6 +383,26 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _check_predict(p: PredictConfig, source: str) -> None:
+    """Values of the ``predict`` section: ``auto`` is the only word accepted."""
+    for key in ("tile", "overlap", "batch_size"):
+        value = getattr(p, key)
+        if isinstance(value, str) and value != "auto":
+            raise CytogenError(f"{source}: predict.{key} is {value!r}; the only word accepted is "
+                               "'auto' (chosen from the model's receptive field and memory)")
+    if isinstance(p.overlap, float) and not 0.0 <= p.overlap < 1.0:
+        raise CytogenError(f"{source}: predict.overlap is {p.overlap}; it must be in [0, 1) "
+                           "(a fraction of the tile), pixels per axis like [32, 32], or auto")
+    if isinstance(p.overlap, list) and min(p.overlap, default=-1) < 0:
+        raise CytogenError(f"{source}: predict.overlap is {p.overlap}; give pixels >= 0, one per "
+                           "spatial axis")
+    if isinstance(p.batch_size, int) and p.batch_size < 1:
+        raise CytogenError(f"{source}: predict.batch_size is {p.batch_size}; it must be >= 1 (or auto)")
+    if isinstance(p.tile, list) and min(p.tile, default=0) < 1:
+        raise CytogenError(f"{source}: predict.tile is {p.tile}; give positive sizes, one per "
+                           "spatial axis (or leave it out: twice the patch size; or auto)")
+
+
 def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
     """Validate a nested dict and build a :class:`Recipe`."""
     recipe = _build(Recipe, data or {}, "", source)
@@ -395,14 +422,7 @@ def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
     for key in ("batch_size", "patches_per_epoch", "val_patches"):
         if getattr(recipe.data, key) < 1:
             raise CytogenError(f"{source}: data.{key} must be >= 1")
-    if not 0.0 <= recipe.predict.overlap < 1.0:
-        raise CytogenError(f"{source}: predict.overlap is {recipe.predict.overlap}; it must be in [0, 1) "
-                           "(a fraction of the tile)")
-    if recipe.predict.batch_size < 1:
-        raise CytogenError(f"{source}: predict.batch_size is {recipe.predict.batch_size}; it must be >= 1")
-    if recipe.predict.tile is not None and min(recipe.predict.tile, default=0) < 1:
-        raise CytogenError(f"{source}: predict.tile is {recipe.predict.tile}; give positive sizes, one per "
-                           "spatial axis (or leave it out: twice the patch size)")
+    _check_predict(recipe.predict, source)
     if recipe.train.max_steps < 1:
         raise CytogenError(f"{source}: train.max_steps must be >= 1")
     if not 0.0 <= recipe.vae.beta <= 1.0:

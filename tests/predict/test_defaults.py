@@ -4,6 +4,7 @@ reaches the predictions; the OOM back-off works under --compile; model folders a
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -44,12 +45,14 @@ def root(tmp_path_factory) -> Path:
 
 
 def _model(folder: Path, predict: dict | None) -> Path:
-    """A model folder (training patch 32 x 32) whose recipe has this ``predict`` section;
-    ``None``: a folder without a recipe."""
+    """A model folder (training patch 32 x 32) whose recipe has this ``predict`` section over
+    the pre-auto defaults (tile null, overlap 0.25, batch size 4); ``None``: no recipe."""
     torch.manual_seed(0)
     net = build_model("unet", in_channels=1, out_channels=1, dims=2, depth=2, base_channels=4)
     norm = Normalizer().fit([np.linspace(0, 4e4, 1000, dtype=np.float32)[None]])
-    recipe = None if predict is None else recipe_from_dict({"predict": predict}).to_dict()
+    # the predict section of folders saved before auto tiling: every key explicit
+    old = {"tile": None, "overlap": 0.25, "batch_size": 4, "blend": "gaussian"}
+    recipe = None if predict is None else recipe_from_dict({"predict": old | predict}).to_dict()
     return save_model_folder(folder, net.eval(), architecture=ARCH, source_norm=norm,
                              target_norm=norm, source_channels=["actin"],
                              target_channels=["nucleus"], pixel_size_um=None,
@@ -123,10 +126,17 @@ def test_recipe_batch_size_blend_and_tile_are_used_and_flags_win(root, tmp_path,
 def test_model_folder_without_recipe_uses_the_defaults_and_says_so(root, tmp_path, monkeypatch,
                                                                    capsys):
     got = _run(monkeypatch, _model(tmp_path / "bare", None), tmp_path / "o", root)
-    assert (got["overlap"], got["batch_size"], got["blend"]) == (0.25, 4, "gaussian")
-    assert got["runtime"]["from"]["overlap"] == "default"
+    rt = got["runtime"]
+    # the default is auto: margin the ERF radius rounded up to the pooling grid (4 px)
+    radius, margin = rt["auto"]["erf"]["radius"], rt["margin"]
+    assert got["overlap"] == tuple(2 * m for m in margin) and got["blend"] == "gaussian"
+    assert all(m >= r and (2 * m) % 4 == 0 and 2 * m - 2 * r < 4 for m, r in zip(margin, radius))
+    assert rt["balance"] is True
+    assert rt["from"]["overlap"] == "auto (default)" and rt["from"]["tile"] == "auto (default)"
+    assert got["n_tiles"] == 1  # 96 x 160 fits one tile of the 2 GiB default budget
     err = capsys.readouterr().err
-    assert "has no training recipe" in err and "overlap 0.25" in err and "--batch-size" in err
+    assert "has no training recipe" in err and "effective receptive field" in err
+    assert "--batch-size" in err
     plan = resolve_tiling(load_model_folder(tmp_path / "bare"), overlap=0.1, batch_size=2,
                           blend="linear")
     assert plan.notes == ()  # everything given: nothing came from the defaults
@@ -216,3 +226,50 @@ def test_model_folder_is_replaced_atomically(tmp_path, monkeypatch):
         _model(folder, {"overlap": 0.1})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no debris, old folder kept
     assert resolve_tiling(load_model_folder(folder)).overlap == 0.25
+
+
+def test_auto_on_the_command_line_overrides_an_old_recipe_and_the_budget_sets_the_tile(
+        root, tmp_path, monkeypatch, capsys):
+    model = _model(tmp_path / "m", {"tile": [32, 32]})  # an old folder: 32 px, 25 %, batch 4
+    old = _run(monkeypatch, model, tmp_path / "old", root)
+    assert old["n_tiles"] == 28 and "margin" not in old["runtime"]  # the recipe's plan, as before
+    auto = _run(monkeypatch, model, tmp_path / "auto", root, "--tile", "auto", "--overlap", "auto",
+                "--batch-size", "auto")
+    rt = auto["runtime"]
+    assert rt["from"]["tile"] == "auto (given)" and rt["from"]["overlap"] == "auto (given)"
+    assert rt["from"]["memory_budget"].startswith("default")
+    radius = rt["auto"]["erf"]["radius"]
+    assert rt["overlap"] == [2 * m for m in rt["margin"]] and min(rt["margin"]) >= max(radius)
+    assert all(o % 4 == 0 for o in rt["overlap"])  # stride on the U-Net's pooling grid
+    # the run's plan is the largest tile in the budget; this 96 x 160 image gets one of its size
+    assert auto["n_tiles"] == 1 and auto["tile"] == (96, 160)
+    assert rt["auto"]["image_tiles"] == {"96x160": [96, 160]}
+    np.testing.assert_allclose(auto["pred"], old["pred"], rtol=0,
+                               atol=0.05 * float(np.ptp(old["pred"])))
+    # a budget of a 48 x 48 tile: several tiles, each a multiple of 4, within the budget
+    bpp = rt["auto"]["bytes_per_pixel"]
+    small = _run(monkeypatch, model, tmp_path / "small", root, "--tile", "auto", "--overlap",
+                 "auto", "--memory-budget", str(bpp * 48 * 48 / 2**30))
+    srt = small["runtime"]
+    assert srt["from"]["memory_budget"] == "given" and small["n_tiles"] > 1
+    tile = srt["auto"]["image_tiles"]["96x160"]
+    assert tuple(tile) == small["tile"] and math.prod(tile) <= 48 * 48
+    assert all(t % 4 == 0 for t in tile) and max(srt["tile"]) <= 48
+    assert srt["batch_size"] == 4 and srt["from"]["batch_size"] == "recipe"
+    assert "effective receptive field" in capsys.readouterr().err
+    # a budget with nothing to choose is refused, naming the flag
+    assert main(["predict", str(model), str(root / "in" / "f.tif"), "--out", str(tmp_path / "x"),
+                 "--memory-budget", "1"]) == 2
+    assert "--memory-budget 1.0 has no effect" in capsys.readouterr().err
+
+
+def test_auto_in_a_recipe_is_validated():
+    rec = recipe_from_dict({"predict": {"tile": "auto", "overlap": [16, 16], "batch_size": 2}})
+    assert (rec.predict.tile, rec.predict.overlap, rec.predict.batch_size) == ("auto", [16, 16], 2)
+    assert recipe_from_dict({}).predict.overlap == "auto"  # the default of new recipes
+    for bad, match in (({"tile": "big"}, "predict.tile is 'big'; the only word accepted"),
+                       ({"overlap": "wide"}, "predict.overlap is 'wide'"),
+                       ({"overlap": [-2, 4]}, r"predict.overlap is \[-2, 4\]; give pixels >= 0"),
+                       ({"batch_size": "many"}, "predict.batch_size is 'many'")):
+        with pytest.raises(CytogenError, match=match):
+            recipe_from_dict({"predict": bad})

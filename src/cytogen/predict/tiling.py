@@ -30,7 +30,8 @@ from cytogen.errors import CytogenError
 from cytogen.predict.oom import TileOOMError, free_memory, is_oom_error
 from cytogen.predict.strips import BandAccumulator, StripReader
 
-__all__ = ["BLENDS", "blend_window", "predict_tiled", "tile_starts"]
+__all__ = ["BLENDS", "balanced_tile", "blend_window", "predict_tiled", "redundancy",
+           "tile_starts"]
 
 BLENDS = ("gaussian", "linear", "constant")
 GAUSSIAN_FLOOR = 1e-4  # relative to the window's peak; keeps every weight > 0
@@ -134,8 +135,33 @@ def _per_axis(value: int | Sequence[int], nd: int, name: str) -> tuple[int, ...]
     return tuple(int(v) for v in values)
 
 
+def balanced_tile(size: int, tile: int, overlap: int, multiple: int = 1) -> int:
+    """The smallest tile (a multiple of ``multiple``, at most ``tile``) that covers ``size``
+    with as many tiles of ``overlap`` pixels overlap as ``tile`` needs.
+
+    The last tile of an axis is aligned to the end, so a tile much larger than the remainder
+    recomputes most of its predecessor; spreading the tiles evenly removes that redundancy.
+
+    Parameters
+    ----------
+    size, tile, overlap, multiple : int
+        Axis length, the largest tile, the overlap in pixels (``< tile``) and the size multiple.
+
+    Returns
+    -------
+    int
+        ``tile`` when the axis needs one tile (or no smaller tile keeps the count).
+    """
+    if size <= tile or overlap >= tile:
+        return tile
+    n = math.ceil((size - overlap) / (tile - overlap))
+    smaller = math.ceil(math.ceil((size + (n - 1) * overlap) / n) / multiple) * multiple
+    return smaller if overlap < smaller < tile else tile
+
+
 def _plan(shape: tuple[int, ...], tile: tuple[int, ...], overlap: float | tuple[int, ...],
-          size_multiple: tuple[int, ...], margin: tuple[int, ...], blend: str) -> list[_Axis]:
+          size_multiple: tuple[int, ...], margin: tuple[int, ...], blend: str,
+          balance: bool = False) -> list[_Axis]:
     nd = len(shape)
     if isinstance(overlap, (int, float, np.number)) and not isinstance(overlap, bool):
         if not 0.0 <= float(overlap) < 1.0:
@@ -153,7 +179,11 @@ def _plan(shape: tuple[int, ...], tile: tuple[int, ...], overlap: float | tuple[
             raise CytogenError(f"overlap and margin must be >= 0, got {overlap!r}, {margin!r}")
         if size > t and t - 2 * margin[a] < 1:
             raise CytogenError(f"margin {margin[a]} is too large for tile size {t} "
-                               f"(axis {a}); use a margin below half the tile")
+                               f"(axis {a}); use a margin below half the tile (with an overlap "
+                               "of auto, the margin is the model's receptive-field radius: use "
+                               "a larger tile, e.g. --tile auto, or give --overlap)")
+        if balance and fractions is None:
+            t = balanced_tile(size, t, max(ov, 2 * margin[a]), m)
         step = t - min(max(ov, 2 * margin[a]), t - 1)
         ax = _Axis(size=size, tile=t, step=step, margin=margin[a],
                    pad_before=max(t - size, 0) // 2)
@@ -172,6 +202,30 @@ def _plan(shape: tuple[int, ...], tile: tuple[int, ...], overlap: float | tuple[
             raise RuntimeError(f"tiling left pixels uncovered on axis {a}")
         axes.append(ax)
     return axes
+
+
+def redundancy(shape: Sequence[int], tile: Sequence[int], overlap: float | Sequence[int] = 0.25,
+               size_multiple: int | Sequence[int] = 1, margin: int | Sequence[int] = 0,
+               balance: bool = False) -> float:
+    """Pixels the model computes per output pixel under :func:`predict_tiled`'s tiling.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        Spatial shape of the image.
+    tile, overlap, size_multiple, margin, balance
+        As for :func:`predict_tiled`.
+
+    Returns
+    -------
+    float
+        ``n_tiles x tile pixels / image pixels`` (1.0: no pixel computed twice).
+    """
+    shape = tuple(int(s) for s in shape)
+    nd = len(shape)
+    axes = _plan(shape, _per_axis(tile, nd, "tile"), overlap, _per_axis(size_multiple, nd,
+                 "size_multiple"), _per_axis(margin, nd, "margin"), "constant", balance)
+    return float(math.prod(len(ax.starts) * ax.tile for ax in axes) / math.prod(shape))
 
 
 def _check_args(image: object, tile: object, batch_size: object, size_multiple: object,
@@ -273,6 +327,7 @@ def predict_tiled(
     transform: Callable[[np.ndarray], np.ndarray] | None = None,
     out_transform: Callable[[np.ndarray], np.ndarray] | None = None,
     pad_batches: bool = False,
+    balance: bool = False,
 ) -> np.ndarray | None:
     """Apply ``fn`` to a whole image tile by tile and blend the tiles.
 
@@ -329,6 +384,11 @@ def predict_tiled(
         always sees one batch shape: a model under ``torch.compile`` then never recompiles for a
         partial batch. The size padded to is the current one: after an out-of-memory back-off
         it is the halved batch size, never the size that failed.
+    balance : bool
+        With an overlap in pixels: shrink each axis's tile to the smallest multiple of
+        ``size_multiple`` that covers the axis with the same number of tiles
+        (:func:`balanced_tile`), so the last tile does not recompute most of its neighbour.
+        ``tile`` is then the largest tile allowed. Ignored for fractional overlaps.
 
     Returns
     -------
@@ -346,7 +406,7 @@ def predict_tiled(
     """
     shape, tile_t, mult, margin_t = _check_args(image, tile, batch_size, size_multiple,
                                                 margin, blend)
-    axes = _plan(shape, tile_t, overlap, mult, margin_t, blend)
+    axes = _plan(shape, tile_t, overlap, mult, margin_t, blend, balance)
     tile_shape = tuple(ax.tile for ax in axes)
     counts = tuple(len(ax.starts) for ax in axes)
     total = math.prod(counts)

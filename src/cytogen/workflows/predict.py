@@ -103,7 +103,8 @@ def _with_tile_backoff(run: Callable[[tuple[int, ...]], T], tile: tuple[int, ...
 def predict_image(model: LoadedModel, image: Image, *, tile: tuple[int, ...] | None = None,
                   overlap: float | None = None, batch_size: int | None = None,
                   blend: str | None = None, source: str = "image",
-                  settings: RuntimeSettings | None = None) -> np.ndarray:
+                  settings: RuntimeSettings | None = None,
+                  plan: TilingPlan | None = None) -> np.ndarray:
     """Predict the target channels of one image; returns float32 ``(C_out, ...)`` in target units.
 
     The whole image is normalised and predicted in memory. When the model runs out of memory
@@ -124,11 +125,15 @@ def predict_image(model: LoadedModel, image: Image, *, tile: tuple[int, ...] | N
     settings
         Run-time settings (precision, channels-last, compile) from
         :func:`cytogen.runtime.resolve_runtime`; default ``precision="auto"``.
+    plan
+        A resolved :class:`~cytogen.predict.defaults.TilingPlan` (margin and balance
+        included), used instead of ``tile``, ``overlap``, ``batch_size`` and ``blend``.
     """
     _check_input(model, image.axes, image.data.shape[0], source)
     if not np.all(np.isfinite(image.data)):
         raise CytogenError(f"{source}: image contains NaN/Inf pixels; replace them before predicting")
-    plan = resolve_tiling(model, tile=tile, overlap=overlap, batch_size=batch_size, blend=blend)
+    plan = (plan or resolve_tiling(model, tile=tile, overlap=overlap, batch_size=batch_size,
+                                   blend=blend)).for_image(image.spatial_shape)
     enc = model.mask_channels  # a masks -> image model: the label image spread over its channels
     x = enc.encode(image.data, name=source) if enc is not None else model.source_norm.normalize(image.data)
     settings = _settings(model, settings)
@@ -139,6 +144,7 @@ def predict_image(model: LoadedModel, image: Image, *, tile: tuple[int, ...] | N
         return predict_tiled(fn, x, tile=t, overlap=plan.overlap, batch_size=plan.batch_size,
                              size_multiple=multiple, out_channels=model.out_channels,
                              blend=plan.blend, device=_device(model), dtype=dtype,
+                             margin=plan.margin, balance=plan.balance,
                              pad_batches=settings.compile)
 
     y = _with_tile_backoff(run, plan.tile, image.spatial_shape, multiple, source)
@@ -165,7 +171,8 @@ def predict_image_stream(model: LoadedModel, image: LazyImage, target: str | Pat
                          batch_size: int | None = None, blend: str | None = None,
                          source: str = "image",
                          compression: str | None = "zlib",
-                         settings: RuntimeSettings | None = None) -> Path:
+                         settings: RuntimeSettings | None = None,
+                         plan: TilingPlan | None = None) -> Path:
     """Predict a lazily opened image strip by strip into an OME-Zarr image at ``target``.
 
     Memory stays at about one band of tile rows across the image (plus one batch), whatever
@@ -208,7 +215,8 @@ def predict_image_stream(model: LoadedModel, image: LazyImage, target: str | Pat
         stats = model.source_norm.stats_for_lazy(image.data)
     except CytogenError as exc:
         raise CytogenError(f"{source}: {exc}") from None
-    plan = resolve_tiling(model, tile=tile, overlap=overlap, batch_size=batch_size, blend=blend)
+    plan = (plan or resolve_tiling(model, tile=tile, overlap=overlap, batch_size=batch_size,
+                                   blend=blend)).for_image(image.spatial_shape)
     settings = _settings(model, settings)
     fn, dtype = _tile_fn(model, settings)
     multiple = model.net.size_multiple  # every generator declares it (models.protocol)
@@ -223,6 +231,7 @@ def predict_image_stream(model: LoadedModel, image: LazyImage, target: str | Pat
                               batch_size=plan.batch_size, size_multiple=multiple,
                               out_channels=model.out_channels, blend=plan.blend,
                               device=_device(model), dtype=dtype, sink=writer.write,
+                              margin=plan.margin, balance=plan.balance,
                               pad_batches=settings.compile,
                               transform=lambda x: model.source_norm.normalize(x, stats),
                               out_transform=lambda y: _in_pieces(model.target_norm.denormalize, y))
@@ -292,7 +301,8 @@ def predict(model_dir: str | Path, out: str | Path, *, files: list[str] | None =
             tile: tuple[int, ...] | None = None, overlap: float | None = None,
             batch_size: int | None = None, blend: str | None = None, progress: bool = True,
             output_format: str | None = None, precision: str = "auto", fast: bool = True,
-            compile: bool = False, accelerator: str = "auto", resume: bool = False) -> list[Path]:
+            compile: bool = False, accelerator: str = "auto", resume: bool = False,
+            memory_budget: float | None = None) -> list[Path]:
     """Predict fields from files or a manifest and write ``OUT/<name>.tif`` or ``.ome.zarr``.
 
     Output images are float32, carry the input's pixel size (a manifest's ``pixel_size_um``
@@ -332,6 +342,9 @@ def predict(model_dir: str | Path, out: str | Path, *, files: list[str] | None =
         Skip fields whose output already exists (outputs are written atomically, so an
         existing one is complete) and predict only the missing ones; by default an existing
         output is overwritten.
+    memory_budget
+        GiB of activation memory per batch of tiles for ``auto`` tiling (the default of new
+        recipes; ``tile="auto"`` forces it); default min(2 GiB, 1/4 of free memory).
 
     Returns
     -------
@@ -343,7 +356,8 @@ def predict(model_dir: str | Path, out: str | Path, *, files: list[str] | None =
                            "use --output-format tif or ome-zarr")
     settings = resolve_runtime(precision, fast=fast, compile=compile, accelerator=accelerator)
     model = load_model_folder(model_dir, device="cuda" if settings.device == "cuda" else "cpu")
-    plan = resolve_tiling(model, tile=tile, overlap=overlap, batch_size=batch_size, blend=blend)
+    plan = resolve_tiling(model, tile=tile, overlap=overlap, batch_size=batch_size, blend=blend,
+                          memory_budget=memory_budget)
     jobs = image_jobs(files, data, split)
     out = Path(out)
     inputs = check_out_folder(out, jobs)
@@ -366,7 +380,7 @@ def _predict_jobs(model: LoadedModel, out: Path, jobs: list[tuple[str, list[str]
                   output_format: str | None, progress: bool, skip_existing: bool = False) -> list[Path]:
     """Predict and write each job of :func:`predict`; returns the written paths (with
     ``skip_existing``, a job whose output exists is skipped and not returned)."""
-    tiling = dict(**plan.kwargs(), settings=settings)
+    tiling = dict(plan=plan, settings=settings)  # the plan carries margin and balance too
     names = list(model.meta.get("target_channels") or []) or None
     written = []
     for i, (name, specs, pixel_um) in enumerate(jobs, 1):
