@@ -140,7 +140,9 @@ def _add_speed_flags(p: argparse.ArgumentParser, training: bool) -> None:
     g = p.add_argument_group("speed and hardware")
     g.add_argument("--precision", default=None,
                    help="auto (default: bf16 autocast where supported and faster, else float32), "
-                        "32, bf16-mixed or 16-mixed (GPU)")
+                        "32, bf16-mixed or 16-mixed (GPU)" + ("" if training else
+                        "; int8: ONNX Runtime int8 on CPUs with AMX/VNNI, checked against float32 "
+                        "(pip install 'cytogen[onnx]'; CYTOGEN_INT8_ANYWAY=1 on other CPUs)"))
     g.add_argument("--no-fast", action="store_true",
                    help="plain float32 in the default memory layout (bit-exact reference runs)")
     g.add_argument("--compile", action="store_true",

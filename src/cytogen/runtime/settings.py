@@ -33,6 +33,9 @@ from cytogen.io.atomic import write_json
 PRECISIONS = ("auto", "32", "bf16-mixed", "16-mixed")
 _ALIASES = {"32-true": "32", "fp32": "32", "float32": "32", "bf16": "bf16-mixed",
             "16": "16-mixed", "fp16": "16-mixed"}
+#: Precisions of prediction only (``resolve_runtime(..., inference=True)``): int8 through ONNX
+#: Runtime, see :mod:`cytogen.runtime.int8`.
+INFERENCE_PRECISIONS = (*PRECISIONS, "int8")
 #: bf16 must beat float32 by this factor in the probe to be chosen on a CPU.
 BF16_MIN_SPEEDUP = 1.2
 
@@ -112,12 +115,17 @@ class RuntimeSettings:
         return write_json(path, self.to_dict())
 
 
-def normalize_precision(value: str) -> str:
-    """Canonical precision name; raises :class:`CytogenError` for unknown ones."""
+def normalize_precision(value: str, inference: bool = False) -> str:
+    """Canonical precision name; raises :class:`CytogenError` for unknown ones (and for
+    ``int8`` unless ``inference``: it is for prediction only)."""
     key = str(value).strip().lower()
     key = _ALIASES.get(key, key)
-    if key not in PRECISIONS:
-        raise CytogenError(f"precision {value!r} is not one of {list(PRECISIONS)} "
+    if key == "int8" and not inference:
+        raise CytogenError("precision int8 is for prediction only (cytogen predict --precision "
+                           "int8, one process); train and run other steps in 32 or bf16-mixed")
+    allowed = INFERENCE_PRECISIONS if inference else PRECISIONS
+    if key not in allowed:
+        raise CytogenError(f"precision {value!r} is not one of {list(allowed)} "
                            "(aliases: 32-true, bf16, 16)")
     return key
 
@@ -157,7 +165,8 @@ def _cpu_bf16_ok() -> bool:
 def resolve_runtime(precision: str = "auto", *, fast: bool = True, compile: bool = False,
                     accelerator: str = "auto", devices: int | str = 1,
                     processes_per_node: int | None = None, num_workers: int = -1,
-                    probe: Callable[[], dict[str, float]] | None = None) -> RuntimeSettings:
+                    probe: Callable[[], dict[str, float]] | None = None,
+                    inference: bool = False) -> RuntimeSettings:
     """Turn requested settings into what this machine will run.
 
     Parameters
@@ -179,6 +188,9 @@ def resolve_runtime(precision: str = "auto", *, fast: bool = True, compile: bool
         Data-loader workers; ``-1`` chooses (0 where a process has <= 8 CPUs).
     probe : callable, optional
         Replaces :func:`~cytogen.runtime.probe.precision_probe` (tests).
+    inference : bool
+        Prediction only: also accepts ``precision="int8"`` (checked by
+        :func:`~cytogen.runtime.int8.resolve_int8`).
 
     Raises
     ------
@@ -187,7 +199,7 @@ def resolve_runtime(precision: str = "auto", *, fast: bool = True, compile: bool
     """
     from cytogen.runtime.probe import precision_probe
 
-    requested = normalize_precision(precision)
+    requested = normalize_precision(precision, inference=inference)
     device = _device(accelerator)
     if compile and not fast:
         raise CytogenError("--compile and --no-fast contradict each other; drop one")
@@ -201,6 +213,10 @@ def resolve_runtime(precision: str = "auto", *, fast: bool = True, compile: bool
     settings = RuntimeSettings(device=device, requested_precision=requested, channels_last=fast,
                                compile=compile, threads=per_proc, num_workers=workers)
     notes = settings.notes
+    if requested == "int8":
+        from cytogen.runtime.int8 import resolve_int8
+
+        return resolve_int8(settings)
     if requested == "16-mixed" and device == "cpu":
         raise CytogenError("precision 16-mixed needs a GPU; on a CPU use bf16-mixed or 32")
     if requested == "bf16-mixed" and device == "cpu" and not _cpu_bf16_ok():

@@ -52,6 +52,12 @@ def _tile_fn(model: LoadedModel, settings: RuntimeSettings
     """
     cache = model.__dict__.setdefault("_tile_fns", {})
     key = (settings.precision, settings.channels_last, settings.compile)
+    if key not in cache and settings.precision == "int8":  # ONNX Runtime, checked against float32
+        from cytogen.predict.onnx_backend import Int8TileFn
+
+        model.net.to(memory_format=torch.contiguous_format)
+        cache[key] = Int8TileFn(model.net.eval(), settings.threads, model.net.size_multiple,
+                                report=settings.probe)
     if key not in cache:
         if not settings.channels_last:  # --no-fast after a fast call: back to the default layout
             model.net.to(memory_format=torch.contiguous_format)
@@ -335,7 +341,12 @@ def predict(model_dir: str | Path, out: str | Path, *, files: list[str] | None =
         Run-time settings (see :func:`cytogen.runtime.resolve_runtime`): by default
         channels-last, bf16 autocast where the hardware runs it faster, batches of tiles
         under ``inference_mode``; ``fast=False`` is plain float32; ``compile=True`` adds
-        ``torch.compile`` (worth it for many or large images). Written to
+        ``torch.compile`` (worth it for many or large images); ``precision="int8"`` runs
+        the network through ONNX Runtime statically quantised to int8 on CPUs with fast int8
+        (refused elsewhere, see :mod:`cytogen.runtime.int8`), calibrated and checked against
+        float32 on the first tiles of the first image
+        (:class:`~cytogen.predict.onnx_backend.Int8TileFn`; refused above the tolerance, with
+        the measured error in ``runtime.json``). Written to
         ``OUT/runtime.json`` with the tiling used and where each setting came from
         (``"tiling"``: values and ``"from"``: given / recipe / default).
     resume
@@ -354,7 +365,8 @@ def predict(model_dir: str | Path, out: str | Path, *, files: list[str] | None =
     if output_format not in (None, *OUTPUT_FORMATS):
         raise CytogenError(f"output format {output_format!r} is not one of {OUTPUT_FORMATS}; "
                            "use --output-format tif or ome-zarr")
-    settings = resolve_runtime(precision, fast=fast, compile=compile, accelerator=accelerator)
+    settings = resolve_runtime(precision, fast=fast, compile=compile, accelerator=accelerator,
+                               inference=True)
     model = load_model_folder(model_dir, device="cuda" if settings.device == "cuda" else "cpu")
     plan = resolve_tiling(model, tile=tile, overlap=overlap, batch_size=batch_size, blend=blend,
                           memory_budget=memory_budget)
@@ -369,6 +381,8 @@ def predict(model_dir: str | Path, out: str | Path, *, files: list[str] | None =
                                 skip_existing=resume)
         write_json(out / "runtime.json", {**settings.to_dict(), "tiling": plan.to_dict()})
     except BaseException:
+        if settings.precision == "int8" and "int8_nrmse" in settings.probe:  # int8 refused: say why
+            write_json(out / "runtime.json", {**settings.to_dict(), "tiling": plan.to_dict()})
         if created and not any(out.iterdir()):  # a failed first image leaves no empty --out
             out.rmdir()
         raise
