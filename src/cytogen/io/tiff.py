@@ -6,13 +6,21 @@ trusted only when ResolutionUnit is inch or centimetre and the size is between 0
 (72 dpi defaults from image editors are ignored). Channel names come from OME ``Channel/@Name``
 or ImageJ ``Labels``. Truncated files are detected (data past the end of the file, broken
 offsets) and reported as :class:`~cytogen.errors.CytogenError`.
+
+:func:`create_tiff` writes an OME-TIFF row block by row block in bounded memory (streamed
+prediction): rows go to a raw spool file next to the destination, and the OME-TIFF is then
+written from it one band of tiles at a time.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 import warnings
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +29,7 @@ import tifffile
 
 from cytogen.errors import CytogenError
 from cytogen.io._common import RawImage, unit_to_um
-from cytogen.io.atomic import atomic_file
+from cytogen.io.atomic import atomic_file, temp_sibling
 
 _PLAUSIBLE_UM = (0.001, 100.0)  # pixel sizes outside this range in plain TIFF tags are ignored
 
@@ -230,6 +238,18 @@ def write_tiff(
     compression : {"zlib", "zstd", None}
         TIFF compression.
     """
+    with atomic_file(path) as tmp, open(tmp, "xb") as fh:
+        tifffile.imwrite(fh, data, compression=compression,
+                         **_ome_options(axes, pixel_size_um, channel_names))
+
+
+def _ome_options(axes: str, pixel_size_um: tuple[float, ...] | None,
+                 channel_names: list[str] | None) -> dict[str, Any]:
+    """The ``tifffile.imwrite`` arguments of cytogen's OME-TIFFs: axes, pixel size, names.
+
+    Pixel size goes to OME ``PhysicalSize*`` in µm and to resolution tags in pixels per
+    centimetre (for non-OME readers); channel names to OME ``Channel/@Name``.
+    """
     metadata: dict[str, Any] = {"axes": axes}
     extra: dict[str, Any] = {}
     if pixel_size_um is not None:
@@ -240,8 +260,171 @@ def write_tiff(
         extra = {"resolution": (1e4 / x, 1e4 / y), "resolutionunit": "CENTIMETER"}
     if channel_names is not None:
         metadata["Channel"] = {"Name": list(channel_names)}
-    with atomic_file(path) as tmp, open(tmp, "xb") as fh:
-        tifffile.imwrite(
-            fh, data, ome=True, photometric="minisblack", compression=compression,
-            metadata=metadata, **extra,
-        )
+    return {"ome": True, "photometric": "minisblack", "metadata": metadata, **extra}
+
+
+#: Largest TIFF tile side of :func:`create_tiff` (pixels; tifffile needs multiples of 16).
+STREAM_TILE = 256
+_ENCODE_BUFFER = 1 << 24  # bytes of tiles tifffile gathers per batch of parallel encoding
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
+
+
+class TiffRowWriter:
+    """Rows of an image spooled to a raw file, then written as OME-TIFF pages tile by tile.
+
+    Made by :func:`create_tiff`; call :meth:`write` with consecutive row blocks. The spool
+    holds the image channel-major (``C x rows x rest``), so each TIFF page (one channel, or
+    one channel and Z plane) can be read back in bands of tile rows with plain file reads:
+    neither the rows written nor the pages read are ever whole in memory (no memory map, so
+    the resident size does not grow with the file either).
+    """
+
+    def __init__(self, path: Path, spool: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.path, self.shape, self.dtype = path, shape, dtype
+        self._fd = spool
+        self.rows_written = 0
+        self._row_bytes = math.prod(shape[2:]) * dtype.itemsize
+        y, x = shape[-2:]
+        self.tile = tuple(min(STREAM_TILE, 16 * math.ceil(n / 16)) for n in (y, x))
+
+    def write(self, start: int, block: np.ndarray) -> None:
+        """Store rows ``[start, start + block.shape[1])`` along the first spatial axis.
+
+        Parameters
+        ----------
+        start : int
+            First row (Z plane for 3D); must follow the rows written so far.
+        block : numpy.ndarray
+            ``(C, rows, *rest)`` with the image's channel count and other spatial sizes.
+        """
+        block = np.asarray(block)
+        rows = block.shape[1] if block.ndim == len(self.shape) else -1
+        if (rows < 1 or block.shape[0] != self.shape[0] or block.shape[2:] != self.shape[2:]
+                or start + rows > self.shape[1]):
+            raise ValueError(f"{self.path}: block of shape {block.shape} at row {start} does not "
+                             f"fit an image of shape {self.shape}")
+        if start != self.rows_written:
+            raise ValueError(f"{self.path}: rows must be written in order; expected row "
+                             f"{self.rows_written}, got {start}")
+        for c in range(self.shape[0]):
+            rows_c = np.ascontiguousarray(block[c], dtype=self.dtype)
+            offset = (c * self.shape[1] + start) * self._row_bytes
+            _pwrite_all(self._fd, memoryview(rows_c).cast("B"), offset)
+        self.rows_written += rows
+
+    def _tiles(self) -> Iterator[np.ndarray]:
+        """Every tile of every page, in file order, read one band of tile rows at a time.
+
+        One band buffer is reused; tiles are yielded as copies (tifffile may hold several
+        while it encodes them in parallel).
+        """
+        y, x = self.shape[-2:]
+        th, tw = self.tile
+        page_bytes = y * x * self.dtype.itemsize
+        buffer = np.empty((min(th, y), x), self.dtype)
+        for page in range(math.prod(self.shape[:-2])):
+            for y0 in range(0, y, th):
+                band = buffer[:min(th, y - y0)]
+                view = memoryview(band).cast("B")
+                offset, got = page * page_bytes + y0 * x * self.dtype.itemsize, 0
+                while got < len(view):
+                    n = os.preadv(self._fd, [view[got:]], offset + got)
+                    if n == 0:
+                        raise OSError(f"{self.path}: the row spool ended early")
+                    got += n
+                for x0 in range(0, x, tw):
+                    yield band[:, x0:x0 + tw].copy()
+
+    def finish(self, target: Path, axes: str, pixel_size_um: tuple[float, ...] | None,
+               channel_names: list[str] | None, compression: str | None) -> None:
+        """Write the complete image from the spool to ``target`` (an OME-TIFF)."""
+        if self.rows_written != self.shape[1]:
+            raise ValueError(f"{self.path}: only {self.rows_written} of {self.shape[1]} rows "
+                             "were written; the image is incomplete")
+        with open(target, "xb") as fh:
+            tifffile.imwrite(fh, self._tiles(), shape=self.shape, dtype=self.dtype,
+                             tile=self.tile, compression=compression,
+                             buffersize=_ENCODE_BUFFER,
+                             **_ome_options(axes, pixel_size_um, channel_names))
+
+
+@contextmanager
+def create_tiff(
+    path: Path,
+    shape: tuple[int, ...],
+    dtype: Any,
+    axes: str,
+    pixel_size_um: tuple[float, ...] | None,
+    channel_names: list[str] | None,
+    compression: str | None = "zlib",
+) -> Iterator[TiffRowWriter]:
+    """Create an OME-TIFF to be filled row block by row block, in bounded memory, atomically.
+
+    The file has the metadata of :func:`write_tiff` (axes, pixel size, channel names; it reads
+    back like one written by :func:`cytogen.io.images.write_image`) and is tiled
+    (:data:`STREAM_TILE` pixels). TIFF stores one page per channel (and Z plane), so rows that
+    arrive for all channels at once are first spooled to a hidden raw file next to ``path``
+    (as large as the uncompressed image); when the ``with`` block ends with every row written,
+    the OME-TIFF is written from the spool one band of tile rows at a time into a hidden
+    temporary file, which is then renamed onto ``path``. On an exception neither file is left
+    and an existing ``path`` is untouched. Memory: one band of tile rows (plus tifffile's
+    encoding buffer of 16 MiB), whatever the image size.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        Destination ``.tif`` / ``.tiff``; missing parent folders are created.
+    shape : tuple of int
+        ``(C, Y, X)`` or ``(C, Z, Y, X)``.
+    dtype : numpy dtype-like
+        Stored dtype (integer or float).
+    axes : str
+        ``"CYX"`` or ``"CZYX"``.
+    pixel_size_um : tuple of float or None
+        Pixel size per spatial axis.
+    channel_names : list of str or None
+        One name per channel.
+    compression : {"zlib", "zstd", None}, default "zlib"
+        Tile compression.
+
+    Yields
+    ------
+    TiffRowWriter
+        Call ``writer.write(start, block)`` with consecutive blocks ``(C, rows, ...)`` along
+        the first spatial axis (Y in 2D, Z in 3D).
+
+    Raises
+    ------
+    CytogenError
+        Bad shape, axes, dtype or compression, or ``path`` is an existing folder.
+    """
+    path = Path(path)
+    shape = tuple(int(n) for n in shape)
+    dtype = np.dtype(dtype)
+    if axes not in ("CYX", "CZYX") or len(shape) != len(axes) or min(shape) < 1:
+        raise CytogenError(f"{path}: cannot create an image of shape {shape} with axes {axes!r}; "
+                           "give a non-empty (C, Y, X) or (C, Z, Y, X) shape")
+    if dtype.kind not in "buif":
+        raise CytogenError(f"{path}: cannot write {dtype} pixels; use an integer or float dtype")
+    if compression not in (None, "zlib", "zstd"):
+        raise CytogenError(f"{path}: unknown compression {compression!r}; use zlib, zstd or None")
+    if channel_names is not None and len(channel_names) != shape[0]:
+        raise CytogenError(f"{path}: {len(channel_names)} channel names for {shape[0]} channels")
+    if path.is_dir():
+        raise CytogenError(f"{path}: is an existing folder; choose a file name for the image.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    spool = temp_sibling(path, "rows")
+    fd = os.open(spool, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        writer = TiffRowWriter(path, fd, shape, dtype)
+        yield writer
+        with atomic_file(path) as tmp:
+            writer.finish(tmp, axes, pixel_size_um, channel_names, compression)
+    finally:
+        os.close(fd)
+        spool.unlink(missing_ok=True)

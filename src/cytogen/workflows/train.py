@@ -272,8 +272,7 @@ def train(recipe: Recipe | str | Path | None, data: str | Path, out: str | Path,
         "model": str(out / "model"), "world_size": int(trainer.world_size),
         "ranks_weights_sha256": run.digests, "ranks_in_sync": len(set(run.digests)) == 1,
         "precision": settings.precision, "channels_last": settings.channels_last,
-        "compile": settings.compile, "images_per_second": round(
-            int(trainer.global_step) * rec.data.batch_size * int(trainer.world_size) / max(train_s, 1e-9), 2),
+        "compile": settings.compile, **run.images_per_second(rec.data.batch_size),
     }
     write_json(out / "train_summary.json", summary)
     _plot_losses(out)

@@ -12,7 +12,7 @@ import random
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +42,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ``weights_only=True``: no pickled code is ever executed.
     """
 
+    #: wall seconds spent writing checkpoints in this process (the loop's checkpoint cost)
+    seconds: float = 0.0
+
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        t0 = time.perf_counter()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(path) as tmp:
             torch.save(checkpoint, tmp)
+        self.seconds += time.perf_counter() - t0
 
     def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None) -> dict:
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
@@ -173,6 +178,69 @@ class ExactResume(Callback):
         epoch = loop.get("epoch_progress", {}).get("current", {}).get("processed", 0)
         if done and done < len(self.sampler) // self.batch_size:
             self.sampler.resume(epoch, done * self.batch_size)
+
+
+class LoopClock(Callback):
+    """Time the training loop from inside: the steady-state rate and where the time goes.
+
+    ``times[k]`` is the clock at the start of the ``k``-th training batch of this process;
+    the steady-state rate counts the batches from the ``warm``-th on (start-up, first-step
+    allocation and compilation excluded) up to the end of training, so validation, checkpoints,
+    logging and data loading in between are all part of it. ``validation_seconds`` sums the
+    validation loops. The same is kept in this process's CPU time (``cpu_times``), which other
+    processes sharing the machine disturb far less than the wall clock.
+    """
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.cpu_times: list[float] = []
+        self.end = self.cpu_end = 0.0
+        self.validation_seconds = 0.0
+        self._val_t0 = 0.0
+        #: wall seconds of each training step (batch start to batch end)
+        self.step_seconds: list[float] = []
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self.times.append(time.perf_counter())
+        self.cpu_times.append(time.process_time())
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self.step_seconds.append(time.perf_counter() - self.times[-1])
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._val_t0 = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.validation_seconds += time.perf_counter() - self._val_t0
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if torch.cuda.is_available() and pl_module.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.end = time.perf_counter()
+        self.cpu_end = time.process_time()
+
+    def warm(self) -> int:
+        """Batches left out of the steady-state figure: a tenth of the run, at least 3."""
+        return max(3, len(self.times) // 10)
+
+    def step_share(self) -> float | None:
+        """Share of the steady-state wall time spent inside the training steps (the rest:
+        data loading, validation, checkpoints, logging between steps)."""
+        w = self.warm()
+        if len(self.times) <= w or self.end <= self.times[w]:
+            return None
+        return sum(self.step_seconds[w:]) / (self.end - self.times[w])
+
+    def steady_batches_per_second(self, cpu: bool = False) -> float | None:
+        """Batches per (wall or, with ``cpu``, this process's CPU) second after :meth:`warm`
+        (None for a run too short)."""
+        w = self.warm()
+        times, end = (self.cpu_times, self.cpu_end) if cpu else (self.times, self.end)
+        if len(times) <= w or end <= times[w]:
+            return None
+        return (len(times) - w) / (end - times[w])
 
 
 class CleanProgressBar(TQDMProgressBar):
@@ -352,6 +420,18 @@ class FitResult:
     best_score: float | None
     seconds: float
     digests: list[str]
+    #: where the loop's time went (steady-state batches/s, validation and checkpoint seconds)
+    timing: dict[str, Any] = field(default_factory=dict)
+
+    def images_per_second(self, batch_size: int) -> dict[str, Any]:
+        """Summary keys: ``images_per_second`` (whole fit, start-up included) and
+        ``loop_images_per_second`` (steady state: after the first :meth:`LoopClock.warm` steps,
+        validation, checkpoints and data loading included), both over every rank."""
+        n = batch_size * int(self.trainer.world_size)
+        steady = self.timing.get("steady_batches_per_second")
+        return {"images_per_second": round(int(self.trainer.global_step) * n / max(self.seconds, 1e-9), 2),
+                "loop_images_per_second": None if steady is None else round(steady * n, 2),
+                "loop_timing": {k: v for k, v in self.timing.items() if k != "steady_batches_per_second"}}
 
 
 def optim_section(rec: Any, settings: RuntimeSettings) -> dict[str, Any]:
@@ -373,8 +453,9 @@ def run_fit(rec: Any, settings: RuntimeSettings, task: L.LightningModule, train_
     periodic = ModelCheckpoint(dirpath=last.parent, filename="last", save_top_k=0, save_last=True,
                                every_n_train_steps=max(1, rec.train.checkpoint_every))
     agreement = RankAgreement()
+    clock = LoopClock()
     callbacks: list[Callback] = [ckpt, periodic, ExactResume(sampler, rec.data.batch_size, rec.train.seed),
-                                 agreement]
+                                 agreement, clock]
     if progress:
         callbacks.append(CleanProgressBar(refresh_rate=5))
     trainer = build_trainer(rec, settings, out, callbacks, progress, source)
@@ -387,7 +468,17 @@ def run_fit(rec: Any, settings: RuntimeSettings, task: L.LightningModule, train_
                       "the exported model is rank 0's", stacklevel=3)
     best_path = (ckpt.best_model_path if rec.train.export == "best" else "") or str(last)
     score = float(ckpt.best_model_score) if ckpt.best_model_score is not None else None
-    return FitResult(trainer, best_path, score, seconds, list(agreement.digests))
+    io = trainer.strategy.checkpoint_io
+    while not isinstance(io, AtomicCheckpointIO) and getattr(io, "checkpoint_io", None) is not None:
+        io = io.checkpoint_io  # Lightning's wrappers (async checkpointing) hold ours inside
+    cpu_rate = clock.steady_batches_per_second(cpu=True)
+    timing = {"steady_batches_per_second": clock.steady_batches_per_second(), "warm_steps": clock.warm(),
+              "steady_batches_per_cpu_second": None if cpu_rate is None else round(cpu_rate, 4),
+              "step_share": None if clock.step_share() is None else round(clock.step_share(), 4),
+              "timed_steps": max(0, len(clock.times) - clock.warm()),
+              "validation_seconds": round(clock.validation_seconds, 2),
+              "checkpoint_seconds": round(getattr(io, "seconds", 0.0), 2)}
+    return FitResult(trainer, best_path, score, seconds, list(agreement.digests), timing)
 
 
 def read_loss_log(run: str | Path) -> dict[str, np.ndarray]:
