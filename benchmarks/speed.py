@@ -14,7 +14,14 @@ every variant for ``--steps`` steps; the validation L1 on fixed patches is the q
 Achieved FLOP rates count the model's convolution FLOPs (``torch.utils.flop_counter``) and are
 set against the float32 and bf16 matmul rates measured at the start of the same run.
 
-    python benchmarks/speed.py [--steps 60] [--device cpu|cuda] [--no-compile] [--no-3d]
+Beside the in-process figures: the whole ``cytogen train`` loop and ``cytogen predict`` as
+subprocesses (steady-state img/s from inside the run, Mpx/s with start-up subtracted, peak RSS of
+each process), the bf16 quality guard (float32 vs bf16-mixed validation L1 over seeds) and one
+line per CPU feature that decides precision (AMX, AVX-512 BF16/VNNI, AVX2), so figures from
+different machines read correctly.
+
+    python benchmarks/speed.py [--steps 60] [--device cpu|cuda] [--no-compile] [--no-3d] [--no-cli]
+        [--guard-seeds 3] [--guard-steps 40]
 
 Prints one JSON line per result.
 """
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +41,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from _bench import SHARED, Timer, emit, note, peak_rss_mib, reset_peak_rss
+from _cli import CPU_FLAGS, cpu_features, run_cli
 from cytogen.data.datasets import RandomPatches, prepare_fields, read_field
 from cytogen.data.manifest import build_manifest, read_manifest
 from cytogen.data.normalize import Normalizer
@@ -69,8 +78,8 @@ def _fields(work: Path) -> tuple[list, list, str]:
     return (prepare_fields(train, sn, tn, (128, 128)), prepare_fields(val, sn, tn, (128, 128)), source)
 
 
-def _batches(fields: list, n: int, batch: int, seed: int) -> list[dict[str, torch.Tensor]]:
-    ds = RandomPatches(fields, (128, 128), n * batch, augment=True, fg_bias=0.5, seed=seed)
+def _batches(fields: list, n: int, batch: int, seed: int, patch: int = 128) -> list[dict[str, torch.Tensor]]:
+    ds = RandomPatches(fields, (patch, patch), n * batch, augment=True, fg_bias=0.5, seed=seed)
     out = []
     for b in range(n):
         items = [ds[b * batch + i] for i in range(batch)]
@@ -78,8 +87,8 @@ def _batches(fields: list, n: int, batch: int, seed: int) -> list[dict[str, torc
     return out
 
 
-def _val_l1(state: dict, batches: list) -> float:
-    net = build_model("unet", in_channels=1, out_channels=1, dims=2, **ARCH2D)
+def _val_l1(state: dict, batches: list, kwargs: dict | None = None) -> float:
+    net = build_model("unet", in_channels=1, out_channels=1, dims=2, **(kwargs or ARCH2D))
     net.load_state_dict(state)
     net.eval()
     with torch.no_grad():
@@ -107,27 +116,36 @@ def train_naive(init: dict, batches: list, warm: int, device: str) -> tuple[floa
 
 
 class _StepClock(L.Callback):
+    """Wall and process-CPU clocks from the start of batch ``warm`` to the end of training."""
+
     def __init__(self, warm: int) -> None:
-        self.warm, self.t0, self.t1 = warm, 0.0, 0.0
+        self.warm, self.t0, self.t1, self.c0, self.c1 = warm, 0.0, 0.0, 0.0, 0.0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if batch_idx == self.warm:
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
-            self.t0 = time.perf_counter()
+            self.t0, self.c0 = time.perf_counter(), time.process_time()
 
     def on_train_end(self, trainer, pl_module) -> None:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        self.t1 = time.perf_counter()
+        self.t1, self.c1 = time.perf_counter(), time.process_time()
 
 
-def train_cytogen(init: dict, batches: list, warm: int, device: str, compile: bool
-                  ) -> tuple[float, dict, str]:
-    settings = resolve_runtime("auto", compile=compile, accelerator=device)
+def train_cytogen(init: dict, batches: list, warm: int, device: str, compile: bool, *,
+                  precision: str = "auto", kwargs: dict | None = None) -> tuple[float, dict, str]:
+    """The pure step rate: Lightning's TranslateTask fed pre-built ``batches`` (no data
+    loading, no validation, no logging, no checkpoints); images/s after ``warm`` steps.
+    ``precision="bf16-mixed!"`` forces bf16 autocast where cytogen would refuse it (a CPU without
+    native bf16: slow, but numerically what a bf16 CPU computes)."""
+    forced = precision.endswith("!")
+    settings = resolve_runtime("32" if forced else precision, compile=compile, accelerator=device)
+    if forced:
+        settings.precision = precision[:-1]
     settings.apply()
     optim = dict(OPTIM, fused=fused_optimizer(settings))
-    arch = {"name": "unet", "dims": 2, "in_channels": 1, "out_channels": 1, "kwargs": ARCH2D}
+    arch = {"name": "unet", "dims": 2, "in_channels": 1, "out_channels": 1, "kwargs": kwargs or ARCH2D}
     task = TranslateTask(arch, {"name": "l1"}, optim, max_steps=len(batches))
     task.net.load_state_dict(init)
     speed_up_task(task, settings, 2)
@@ -139,7 +157,35 @@ def train_cytogen(init: dict, batches: list, warm: int, device: str, compile: bo
     trainer.fit(task, loader)
     rate = (len(batches) - warm) * batches[0]["source"].shape[0] / (clock.t1 - clock.t0)
     state = {k: v.float().cpu().contiguous() for k, v in task.net.state_dict().items()}
+    train_cytogen.last_cpu_rate = (len(batches) - warm) * batches[0]["source"].shape[0] / (clock.c1 - clock.c0)
     return rate, state, settings.precision
+
+
+def bf16_guard(train_f: list, val_f: list, device: str, *, seeds: int = 3, steps: int = 40, patch: int = 64,
+               batch: int = 8, kwargs: dict | None = None) -> dict:
+    """The bf16 quality guard: per seed, the same batches from the same initial weights train
+    ``steps`` steps in float32 and in bf16-mixed (forced, see :func:`train_cytogen`); each net's
+    float32 validation L1 on fixed patches; the relative difference ``bf16 / fp32 - 1``."""
+    kwargs = kwargs or ARCH2D
+    val = _batches(val_f, 8, batch, seed=10_000, patch=patch)
+    diffs, rows = [], []
+    for seed in range(seeds):
+        batches = _batches(train_f, steps, batch, seed=seed, patch=patch)
+        torch.manual_seed(seed)
+        init = copy.deepcopy(build_model("unet", in_channels=1, out_channels=1, dims=2, **kwargs).state_dict())
+        losses = {}
+        for prec in ("32", "bf16-mixed!"):
+            _, state, _ = train_cytogen(init, batches, min(3, steps - 1), device, False, precision=prec,
+                                        kwargs=kwargs)
+            losses[prec.rstrip("!")] = _val_l1(state, val, kwargs)
+        diffs.append(losses["bf16-mixed"] / losses["32"] - 1)
+        rows.append({"seed": seed, "val_l1_fp32": round(losses["32"], 5),
+                     "val_l1_bf16": round(losses["bf16-mixed"], 5), "rel_diff": round(diffs[-1], 4)})
+    d = np.asarray(diffs)
+    return {"benchmark": "bf16_guard", "model": kwargs, "patch": patch, "batch": batch, "steps": steps,
+            "seeds": rows, "rel_diff_mean": round(float(d.mean()), 4), "rel_diff_sd": round(float(d.std(ddof=1)), 4)
+            if len(d) > 1 else None, "abs_rel_diff_max": round(float(np.abs(d).max()), 4),
+            "within_2pct": bool(abs(d.mean()) <= 0.02)}
 
 
 def _flops(net: torch.nn.Module, x: torch.Tensor, backward: bool) -> float:
@@ -208,6 +254,64 @@ def predict_bench(dims: int, image: np.ndarray, state: dict | None, device: str,
     return results
 
 
+def machine_lines() -> list[dict]:
+    """One line with the CPU model, then one per :data:`_cli.CPU_FLAGS` feature (present or not)."""
+    feats = cpu_features()
+    rows = [{"benchmark": "machine", "cpu_model": feats["cpu_model"], "cpus": feats["cpus"],
+             "torch_threads": torch.get_num_threads()}]
+    rows += [{"benchmark": "machine", "feature": f, "present": feats[f]} for f in CPU_FLAGS]
+    return rows
+
+
+def cli_figures(steps: int, device: str, in_process: dict, work: Path) -> list[dict]:
+    """``cytogen train`` and ``cytogen predict`` as subprocesses, beside the in-process figures.
+
+    Training: the recipe ``configs/translate_unet2d.yaml`` for ``steps`` steps on the same data;
+    its steady-state rate from inside (``train_summary.json``), its wall time and peak RSS.
+    Prediction: the trained model on a 256x256 and a 2048x2048 image (the first SBS field
+    tiled); Mpx/s from the difference of the two runs, so start-up (imports, model load) is
+    subtracted.
+    """
+    import tifffile
+
+    from train_loop import RECIPE, sbs_manifest
+
+    sbs = SHARED / "sbs_translocation"
+    if sbs.is_dir():
+        manifest = sbs_manifest(work)
+        raw = tifffile.imread(sorted(sbs.glob("Channel1-*.tif"))[0])
+    else:
+        from cytogen.synth.cells import write_synthetic_dataset
+
+        manifest = write_synthetic_dataset(work / "synth", n_fields=8, shape=(256, 256), seed=0)
+        raw = (np.random.default_rng(0).random((256, 256)) * 255).astype(np.uint8)
+    run = work / "run"
+    acc = "gpu" if device == "cuda" else "cpu"
+    t = run_cli(["train", RECIPE, "--data", manifest, "--out", run, "--max-steps", steps, "--accelerator", acc])
+    summary = json.loads((run / "train_summary.json").read_text())
+    rows = [{"benchmark": "train2d_cli", "variant": "cytogen train (subprocess)", "steps": steps,
+             "precision": summary["precision"], "loop_images_per_s": summary["loop_images_per_second"],
+             "fit_images_per_s": summary["images_per_second"], "loop_timing": summary["loop_timing"],
+             "wall_s": round(t["seconds"], 1), "peak_rss_mib": t["peak_rss_mib"],
+             "loop_vs_in_process": round(summary["loop_images_per_second"] / in_process["images_per_s"], 3)}]
+    emit(rows[-1])
+    reps = [int(np.ceil(2048 / s)) for s in raw.shape]
+    big = np.ascontiguousarray(np.tile(raw, reps)[:2048, :2048])
+    tifffile.imwrite(work / "small.tif", big[:256, :256])
+    tifffile.imwrite(work / "big.tif", big)
+    small_t = run_cli(["predict", run / "model", work / "small.tif", "--out", work / "pred_small",
+                       "--accelerator", acc])
+    big_t = run_cli(["predict", run / "model", work / "big.tif", "--out", work / "pred_big", "--accelerator", acc])
+    extra = big_t["seconds"] - small_t["seconds"]
+    mpx = (big.size - 256 * 256) / 1e6
+    rows.append({"benchmark": "predict2d_cli", "variant": "cytogen predict (subprocess)", "shape": [2048, 2048],
+                 "wall_s_2048": round(big_t["seconds"], 2), "wall_s_256": round(small_t["seconds"], 2),
+                 "mpx_per_s": round(mpx / extra, 3) if extra > 0 else None,
+                 "peak_rss_mib_2048": big_t["peak_rss_mib"], "peak_rss_mib_256": small_t["peak_rss_mib"]})
+    emit(rows[-1])
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=60, help="training steps per variant")
@@ -216,8 +320,13 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     p.add_argument("--no-3d", action="store_true", help="skip the 3D prediction benchmark")
+    p.add_argument("--no-cli", action="store_true", help="skip the cytogen train/predict subprocess figures")
+    p.add_argument("--guard-seeds", type=int, default=3, help="bf16 guard: seeds (0 skips the guard)")
+    p.add_argument("--guard-steps", type=int, default=40, help="bf16 guard: steps per seed and precision")
     a = p.parse_args()
     dev = a.device
+    for row in machine_lines():
+        emit(row)
     rates = {}
     for dtype in (torch.float32, torch.bfloat16):
         rates[str(dtype).split(".")[1]] = matmul_gflops(dtype, n=4096 if dev == "cuda" else 2048, device=dev)
@@ -264,6 +373,13 @@ def main() -> None:
             emit({"benchmark": "train2d_vs_naive", "variant": name,
                   "speedup": round(row["images_per_s"] / ref["images_per_s"], 2),
                   "val_l1_rel_diff": round(row["val_l1"] / ref["val_l1"] - 1, 4)})
+
+    if a.guard_seeds > 0:  # a small U-Net of the same blocks (batch norm) keeps bf16 emulation affordable
+        emit(bf16_guard(train_f, val_f, dev, seeds=a.guard_seeds, steps=a.guard_steps,
+                        kwargs={"depth": 2, "base_channels": 8, "norm": "batch", "kernel_size": 3}))
+    if not a.no_cli:
+        with tempfile.TemporaryDirectory() as tmp:
+            cli_figures(a.steps, dev, train_rows["cytogen"], Path(tmp))
 
     field = next((f.source for f in val_f), train_f[0].source)
     reps = [int(np.ceil(2048 / s)) for s in field.shape[1:]]
