@@ -359,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--blend", choices=("gaussian", "linear", "constant"), default=None,
                     help="tile blend window (default: the model's recipe predict.blend)")
     pr.add_argument("--output-format", choices=("tif", "ome-zarr"), default=None,
-                    help="tif: predict in memory; ome-zarr: stream strip by strip with bounded "
+                    help="OME-TIFF or OME-Zarr output; both stream strip by strip with bounded "
                          "memory (default: ome-zarr for .zarr inputs, else tif)")
     pr.add_argument("--resume", action="store_true",
                     help="skip fields whose output exists (complete: outputs are written atomically) "

@@ -86,18 +86,21 @@ def test_streamed_tiff_with_a_manifest_pixel_size_and_an_oom_restart(setup, tmp_
 
     failing = LoadedModel(OOMAbove(model.net).eval(), model.meta, model.source_norm, model.target_norm)
     plan = resolve_tiling(model)  # fixed settings: no measuring on the failing net
-    with open_image_lazy(root / "in" / "f.tif") as lazy, pytest.warns(RuntimeWarning, match="again"):
+    crop = Image(image.data[:, :256, :320], "CYX", (0.4, 0.4))  # smaller: the tile-64 run twice
+    write_image(tmp_path / "in" / "c.tif", crop)
+    with open_image_lazy(tmp_path / "in" / "c.tif") as lazy, pytest.warns(RuntimeWarning) as record:
         lazy.pixel_size_um = (0.25, 0.25)
-        predict_image_stream_tiff(failing, lazy, tmp_path / "f.tif", tile=(256, 256),
+        predict_image_stream_tiff(failing, lazy, tmp_path / "o" / "c.tif", tile=(256, 256),
                                   overlap=plan.overlap, batch_size=plan.batch_size,
                                   blend=plan.blend, settings=PLAIN)
-    got = read_image(tmp_path / "f.tif")
+    assert "again with tile (64, 64)" in str(record[-1].message)
+    got = read_image(tmp_path / "o" / "c.tif")
     # 256 -> 128 -> 64: the file is the tile-64 run alone, started again from scratch
-    ref = predict_image(model, image, tile=(64, 64), overlap=plan.overlap,
+    ref = predict_image(model, crop, tile=(64, 64), overlap=plan.overlap,
                         batch_size=plan.batch_size, blend=plan.blend, settings=PLAIN)
     np.testing.assert_allclose(got.data, ref, rtol=0, atol=_tol(ref))
     assert got.pixel_size_um == pytest.approx((0.25, 0.25))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.tif"]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["c.tif"]
 
 
 def test_an_error_mid_stream_leaves_no_tiff(setup, tmp_path):

@@ -1,7 +1,10 @@
 """``cytogen predict``: apply a model folder to images of any size, tile by tile.
 
-TIFF output predicts each image in memory; OME-Zarr output streams: the input is opened
-lazily and predicted strip by strip, so memory does not grow with the image size.
+Both outputs stream: the input is opened lazily and predicted strip by strip into an OME-Zarr
+(:func:`predict_image_stream`) or an OME-TIFF (:func:`predict_image_stream_tiff`), so memory does
+not grow with the image size. Masks -> image models, which arrange the whole label image at once,
+and inputs that cannot be opened lazily are predicted in memory (:func:`predict_image`, TIFF
+output).
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import sys
 import warnings
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,6 +25,7 @@ from cytogen.io.images import Image, read_spec, stack_channels, write_image
 from cytogen.io.atomic import write_json
 from cytogen.io.lazy import LazyImage, open_spec_lazy, stack_lazy
 from cytogen.io.ome_zarr import create_ome_zarr
+from cytogen.io.tiff import create_tiff
 from cytogen.predict.defaults import TilingPlan, resolve_tiling
 from cytogen.predict.model_folder import LoadedModel, load_model_folder
 from cytogen.predict.oom import TileOOMError, smaller_tile
@@ -30,6 +34,8 @@ from cytogen.runtime import RuntimeSettings, resolve_runtime
 from cytogen.runtime.inference import inference_fn
 
 T = TypeVar("T")
+#: ``make(shape, tile)``: a context manager yielding a row writer (``writer.write(start, block)``).
+WriterFactory = Callable[[tuple[int, ...], tuple[int, ...]], AbstractContextManager[Any]]
 
 
 def _settings(model: LoadedModel, settings: RuntimeSettings | None) -> RuntimeSettings:
@@ -172,6 +178,54 @@ def _in_pieces(fn: Callable[[np.ndarray], np.ndarray], block: np.ndarray,
     return block
 
 
+def _stream(model: LoadedModel, image: LazyImage, make_writer: WriterFactory, *,
+            tile: tuple[int, ...] | None, overlap: float | None, batch_size: int | None,
+            blend: str | None, source: str, settings: RuntimeSettings | None,
+            plan: TilingPlan | None = None) -> None:
+    """Predict a lazily opened image strip by strip into the writers ``make_writer`` opens.
+
+    One writer per attempt: after an out-of-memory fallback to a smaller tile the output is
+    started again from scratch (the failed writer's context discards its partial output).
+    """
+    _check_input(model, image.axes, image.shape[0], source)
+    if model.mask_channels is not None:
+        raise CytogenError(f"{source}: a masks -> image model arranges the whole label image at once and "
+                           "cannot stream it; write TIFF output (--output-format tif), which predicts "
+                           "it in memory")
+    try:
+        stats = model.source_norm.stats_for_lazy(image.data)
+    except CytogenError as exc:
+        raise CytogenError(f"{source}: {exc}") from None
+    plan = (plan or resolve_tiling(model, tile=tile, overlap=overlap, batch_size=batch_size,
+                                   blend=blend)).for_image(image.spatial_shape)
+    settings = _settings(model, settings)
+    fn, dtype = _tile_fn(model, settings)
+    multiple = model.net.size_multiple  # every generator declares it (models.protocol)
+    shape = (model.out_channels, *image.spatial_shape)
+
+    def run(t: tuple[int, ...]) -> None:
+        with make_writer(shape, t) as writer:
+            try:
+                predict_tiled(fn, image.data, tile=t, overlap=plan.overlap,
+                              batch_size=plan.batch_size, size_multiple=multiple,
+                              out_channels=model.out_channels, blend=plan.blend,
+                              device=_device(model), dtype=dtype, sink=writer.write,
+                              margin=plan.margin, balance=plan.balance,
+                              pad_batches=settings.compile,
+                              transform=lambda x: model.source_norm.normalize(x, stats),
+                              out_transform=lambda y: _in_pieces(model.target_norm.denormalize, y))
+            except TileOOMError:
+                raise
+            except CytogenError as exc:
+                raise CytogenError(f"{source}: {exc}") from None
+
+    _with_tile_backoff(run, plan.tile, image.spatial_shape, multiple, source)
+
+
+def _target_names(model: LoadedModel) -> list[str] | None:
+    return list(model.meta.get("target_channels") or []) or None
+
+
 def predict_image_stream(model: LoadedModel, image: LazyImage, target: str | Path, *,
                          tile: tuple[int, ...] | None = None, overlap: float | None = None,
                          batch_size: int | None = None, blend: str | None = None,
@@ -212,41 +266,55 @@ def predict_image_stream(model: LoadedModel, image: LazyImage, target: str | Pat
     pathlib.Path
         ``target``.
     """
-    _check_input(model, image.axes, image.shape[0], source)
-    if model.mask_channels is not None:
-        raise CytogenError(f"{source}: a masks -> image model arranges the whole label image at once and "
-                           "cannot stream it; write TIFF output (--output-format tif)")
     target = Path(target)
-    try:
-        stats = model.source_norm.stats_for_lazy(image.data)
-    except CytogenError as exc:
-        raise CytogenError(f"{source}: {exc}") from None
-    plan = (plan or resolve_tiling(model, tile=tile, overlap=overlap, batch_size=batch_size,
-                                   blend=blend)).for_image(image.spatial_shape)
-    settings = _settings(model, settings)
-    fn, dtype = _tile_fn(model, settings)
-    multiple = model.net.size_multiple  # every generator declares it (models.protocol)
-    shape = (model.out_channels, *image.spatial_shape)
-    names = list(model.meta.get("target_channels") or []) or None
 
-    def run(t: tuple[int, ...]) -> None:
-        with create_ome_zarr(target, shape, np.float32, image.axes, image.pixel_size_um, names,
-                             compression, chunks=_zarr_chunks(shape, t)) as writer:
-            try:
-                predict_tiled(fn, image.data, tile=t, overlap=plan.overlap,
-                              batch_size=plan.batch_size, size_multiple=multiple,
-                              out_channels=model.out_channels, blend=plan.blend,
-                              device=_device(model), dtype=dtype, sink=writer.write,
-                              margin=plan.margin, balance=plan.balance,
-                              pad_batches=settings.compile,
-                              transform=lambda x: model.source_norm.normalize(x, stats),
-                              out_transform=lambda y: _in_pieces(model.target_norm.denormalize, y))
-            except TileOOMError:
-                raise
-            except CytogenError as exc:
-                raise CytogenError(f"{source}: {exc}") from None
+    def make(shape: tuple[int, ...], t: tuple[int, ...]) -> AbstractContextManager[Any]:
+        return create_ome_zarr(target, shape, np.float32, image.axes, image.pixel_size_um,
+                               _target_names(model), compression, chunks=_zarr_chunks(shape, t))
 
-    _with_tile_backoff(run, plan.tile, image.spatial_shape, multiple, source)
+    _stream(model, image, make, tile=tile, overlap=overlap, batch_size=batch_size, blend=blend,
+            source=source, settings=settings, plan=plan)
+    return target
+
+
+def predict_image_stream_tiff(model: LoadedModel, image: LazyImage, target: str | Path, *,
+                              tile: tuple[int, ...] | None = None, overlap: float | None = None,
+                              batch_size: int | None = None, blend: str | None = None,
+                              source: str = "image", compression: str | None = "zlib",
+                              settings: RuntimeSettings | None = None,
+                              plan: TilingPlan | None = None) -> Path:
+    """Predict a lazily opened image strip by strip into an OME-TIFF at ``target``.
+
+    As :func:`predict_image_stream` (same tiling, subsample normalisation and out-of-memory
+    fallback), written with :func:`cytogen.io.tiff.create_tiff`: finished rows are spooled to
+    a hidden raw file next to ``target`` (as large as the uncompressed prediction), then the
+    tiled OME-TIFF is written from it band by band and renamed into place. Memory stays at
+    about one band of tile rows whatever the image size; an error leaves no file.
+
+    Parameters
+    ----------
+    model, image, tile, overlap, batch_size, blend, source, settings
+        As for :func:`predict_image_stream`.
+    target
+        Destination ``.tif`` file (float32, the image's axes and pixel size, the model's
+        target channel names), read back by :func:`cytogen.io.images.read_image` like a
+        file of :func:`cytogen.io.images.write_image`.
+    compression : {"zlib", "zstd", None}
+        Tile compression of the output.
+
+    Returns
+    -------
+    pathlib.Path
+        ``target``.
+    """
+    target = Path(target)
+
+    def make(shape: tuple[int, ...], t: tuple[int, ...]) -> AbstractContextManager[Any]:
+        return create_tiff(target, shape, np.float32, image.axes, image.pixel_size_um,
+                           _target_names(model), compression)
+
+    _stream(model, image, make, tile=tile, overlap=overlap, batch_size=batch_size, blend=blend,
+            source=source, settings=settings, plan=plan)
     return target
 
 
@@ -332,10 +400,13 @@ def predict(model_dir: str | Path, out: str | Path, *, files: list[str] | None =
     progress
         Print the tiling used, notes and one line per image to stderr.
     output_format : {"tif", "ome-zarr"}, optional
-        ``"tif"``: the image is read and predicted in memory (OME-TIFF output).
-        ``"ome-zarr"``: the input is opened lazily (OME-Zarr or TIFF) and predicted strip by
-        strip into ``OUT/<name>.ome.zarr`` (see :func:`predict_image_stream`), so memory does
-        not grow with the image size; normalisation statistics then come from a subsample.
+        ``"tif"``: ``OUT/<name>.tif`` (OME-TIFF, see :func:`predict_image_stream_tiff`);
+        ``"ome-zarr"``: ``OUT/<name>.ome.zarr`` (see :func:`predict_image_stream`). Both
+        open the input lazily (OME-Zarr or TIFF) and predict it strip by strip, so memory
+        does not grow with the image size; normalisation statistics then come from a
+        subsample of at most about 4 million pixels per channel (every pixel of smaller
+        images). Masks -> image models, and inputs that cannot be opened lazily (channels
+        on two stored axes, with a warning), are read and predicted in memory (TIFF only).
         Default: ``"ome-zarr"`` for ``.zarr`` / ``.ome.zarr`` inputs, ``"tif"`` otherwise.
     precision, fast, compile, accelerator
         Run-time settings (see :func:`cytogen.runtime.resolve_runtime`): by default
@@ -389,13 +460,47 @@ def predict(model_dir: str | Path, out: str | Path, *, files: list[str] | None =
     return written
 
 
+def _open_lazy(specs: list[str], pixel_um: float | None, stack: ExitStack) -> LazyImage:
+    """The job's sources opened lazily as one image (closed with ``stack``), manifest pixel size applied."""
+    image = stack_lazy([stack.enter_context(open_spec_lazy(s)) for s in specs])
+    image.pixel_size_um = pixel_size(image.pixel_size_um, pixel_um, len(image.axes) - 1)
+    return image
+
+
+def _predict_tiff(model: LoadedModel, target: Path, specs: list[str], pixel_um: float | None,
+                  tiling: dict[str, Any]) -> Image | LazyImage:
+    """One job's TIFF output: streamed (:func:`predict_image_stream_tiff`) where it can be.
+
+    Masks -> image models, and inputs the lazy reader refuses (channels stored on two axes),
+    are read and predicted in memory (:func:`predict_image`, then ``write_image``); the latter
+    with a warning naming why. Returns the input image (for the progress line).
+    """
+    refused = None
+    if model.mask_channels is None:
+        with ExitStack() as stack:
+            try:
+                image = _open_lazy(specs, pixel_um, stack)
+            except CytogenError as exc:
+                refused = exc
+            else:
+                predict_image_stream_tiff(model, image, target, source=specs[0], **tiling)
+                return image
+    whole = stack_channels([read_spec(s) for s in specs])  # a bad input raises its own error here
+    if refused is not None:
+        warnings.warn(f"{refused} (reading it whole into memory instead of streaming)",
+                      RuntimeWarning, stacklevel=3)
+    pred = predict_image(model, whole, source=specs[0], **tiling)
+    pixel = pixel_size(whole.pixel_size_um, pixel_um, len(whole.axes) - 1)
+    write_image(target, Image(pred, whole.axes, pixel, _target_names(model)))
+    return whole
+
+
 def _predict_jobs(model: LoadedModel, out: Path, jobs: list[tuple[str, list[str], float | None]],
                   inputs: set[Path], plan: TilingPlan, settings: RuntimeSettings,
                   output_format: str | None, progress: bool, skip_existing: bool = False) -> list[Path]:
     """Predict and write each job of :func:`predict`; returns the written paths (with
     ``skip_existing``, a job whose output exists is skipped and not returned)."""
     tiling = dict(plan=plan, settings=settings)  # the plan carries margin and balance too
-    names = list(model.meta.get("target_channels") or []) or None
     written = []
     for i, (name, specs, pixel_um) in enumerate(jobs, 1):
         fmt = output_format or ("ome-zarr" if all(_is_zarr(s) for s in specs) else "tif")
@@ -408,15 +513,10 @@ def _predict_jobs(model: LoadedModel, out: Path, jobs: list[tuple[str, list[str]
             continue
         if fmt == "ome-zarr":
             with ExitStack() as stack:
-                image = stack_lazy([stack.enter_context(open_spec_lazy(s)) for s in specs])
-                image.pixel_size_um = pixel_size(image.pixel_size_um, pixel_um,
-                                                  len(image.axes) - 1)
+                image = _open_lazy(specs, pixel_um, stack)
                 predict_image_stream(model, image, target, source=specs[0], **tiling)
         else:
-            image = stack_channels([read_spec(s) for s in specs])
-            pred = predict_image(model, image, source=specs[0], **tiling)
-            pixel = pixel_size(image.pixel_size_um, pixel_um, len(image.axes) - 1)
-            write_image(target, Image(pred, image.axes, pixel, names))
+            image = _predict_tiff(model, target, specs, pixel_um, tiling)
         written.append(target)
         if progress:
             if len(written) == 1:  # once, after the first input proved valid
