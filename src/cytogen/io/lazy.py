@@ -12,6 +12,7 @@ as ``CZYX`` / ``CYX`` without copying the file.
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,14 +220,59 @@ def _view(base: Any, stored_axes: str, path: Path) -> AxesView:
     return view
 
 
+class ReleasingMap:
+    """An uncompressed, contiguous image file mapped read-only, read by copies that leave no
+    pages resident.
+
+    Slicing copies the selected pixels out of the mapping and then tells the kernel that this
+    process no longer needs the mapped pages (``madvise(MADV_DONTNEED)``; they stay in the page
+    cache). Without that, every page read once keeps counting towards the resident memory, so
+    streaming a 16384 x 16384 uncompressed input strip by strip would end with the whole input
+    resident.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The file.
+    shape, dtype
+        The stored array (``dtype`` with the file's byte order).
+    offset : int
+        Byte offset of the first pixel.
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: Any, offset: int) -> None:
+        self._file = open(path, "rb")
+        try:
+            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+            self._array = np.ndarray(tuple(shape), np.dtype(dtype), buffer=self._map,
+                                     offset=int(offset))
+        except BaseException:
+            self._file.close()
+            raise
+        self.shape, self.dtype = self._array.shape, self._array.dtype
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        out = np.array(self._array[key])  # a copy: the pages it came from are released next
+        if hasattr(mmap, "MADV_DONTNEED"):
+            self._map.madvise(mmap.MADV_DONTNEED)
+        return out
+
+    def close(self) -> None:
+        """Unmap and close the file (copies already read stay valid)."""
+        self._array = None  # type: ignore[assignment]  # drop the export before unmapping
+        self._map.close()
+        self._file.close()
+
+
 def _open_tiff(path: Path) -> tuple[Any, str, dict[str, float], list | None, Callable[[], None]]:
     tif = tifffile.TiffFile(path)
     try:
         series, sizes, names = first_series(tif, path)
         if series.dataoffset is not None:  # uncompressed and contiguous: map the file
-            base = tifffile.memmap(path, series=0, mode="r")
+            mapped = ReleasingMap(path, series.shape, np.dtype(series.dtype).newbyteorder(tif.byteorder),
+                                  series.dataoffset)
             tif.close()
-            return base, series.axes, sizes, names, lambda: None
+            return mapped, series.axes, sizes, names, mapped.close
         store = series.aszarr(level=0)
         base = zarr.open(store, mode="r")
     except CytogenError:
