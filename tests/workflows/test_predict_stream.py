@@ -8,6 +8,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from cytogen.cli import main
+from cytogen.config import recipe_from_dict
 from cytogen.data.normalize import Normalizer
 from cytogen.errors import CytogenError
 from cytogen.io.images import Image, read_image, write_image
@@ -20,6 +21,8 @@ from cytogen.workflows.predict import predict, predict_image, predict_image_stre
 
 # Exact comparisons between tilings need batch-size-independent kernels: plain float32 NCHW.
 PLAIN = resolve_runtime("32", fast=False, accelerator="cpu")
+# the model folder predicts as folders saved before auto tiling: 2 x patch, 25 %, batch 4
+OLD_TILING = {"tile": None, "overlap": 0.25, "batch_size": 4, "blend": "gaussian"}
 ARCH = {"name": "unet", "dims": 2, "in_channels": 1, "out_channels": 1,
         "kwargs": {"depth": 2, "base_channels": 4}}
 
@@ -39,7 +42,8 @@ def setup(tmp_path_factory, one_thread):
     tgt = Normalizer().fit([field.astype(np.float32) * 0.5 + 10])
     save_model_folder(root / "model", net.eval(), architecture=ARCH, source_norm=src,
                       target_norm=tgt, source_channels=["actin"], target_channels=["nucleus"],
-                      pixel_size_um=[0.4, 0.4], patch_size=[32, 32])
+                      pixel_size_um=[0.4, 0.4], patch_size=[32, 32],
+                      recipe=recipe_from_dict({"predict": OLD_TILING}).to_dict())
     image = Image(field, "CYX", (0.4, 0.4), ["actin"])
     write_image(root / "in" / "f.tif", image)
     write_image(root / "in" / "f.ome.zarr", image)
