@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -49,19 +48,33 @@ def run_cli(args: list[str], *, timeout: float = 3600.0) -> dict[str, Any]:
         When the command exits non-zero (its stderr tail in the message) or runs past ``timeout``.
     """
     cmd = [sys.executable, "-m", "cytogen.cli", *map(str, args)]
-    with tempfile.TemporaryFile("w+") as err:
+    with tempfile.TemporaryFile("w+") as err, tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "rusage.txt"
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True)
-        timer = threading.Timer(timeout, proc.kill)
-        timer.start()
+        # a small stdlib launcher forks cytogen: a child forked from this (large) process would
+        # count the parent's pages in its ru_maxrss
+        proc = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(report), *cmd],
+                                stdout=subprocess.DEVNULL, stderr=err, text=True)
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise CytogenError(f"{' '.join(cmd)} ran past {timeout} s") from None
         seconds = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        code, maxrss_kib = (int(v) for v in report.read_text().split())
         err.seek(0)
         tail = err.read()[-2000:]
-    if proc.returncode != 0:
-        raise CytogenError(f"{' '.join(cmd)} exited {proc.returncode} after {seconds:.0f} s: {tail}")
-    return {"seconds": seconds, "peak_rss_mib": round(usage.ru_maxrss / 1024, 1), "stderr": tail}
+    if code != 0:
+        raise CytogenError(f"{' '.join(cmd)} exited {code} after {seconds:.0f} s: {tail}")
+    return {"seconds": seconds, "peak_rss_mib": round(maxrss_kib / 1024, 1), "stderr": tail}
+
+
+_LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+open(sys.argv[1], "w").write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss}")
+"""

@@ -297,11 +297,14 @@ def cli_figures(steps: int, device: str, in_process: dict, work: Path) -> list[d
     emit(rows[-1])
     reps = [int(np.ceil(2048 / s)) for s in raw.shape]
     big = np.ascontiguousarray(np.tile(raw, reps)[:2048, :2048])
-    tifffile.imwrite(work / "small.tif", big[:256, :256])
-    tifffile.imwrite(work / "big.tif", big)
-    small_t = run_cli(["predict", run / "model", work / "small.tif", "--out", work / "pred_small",
+    images = work / "images"
+    images.mkdir()
+    tifffile.imwrite(images / "small.tif", big[:256, :256])
+    tifffile.imwrite(images / "big.tif", big)
+    small_t = run_cli(["predict", run / "model", images / "small.tif", "--out", work / "pred_small",
                        "--accelerator", acc])
-    big_t = run_cli(["predict", run / "model", work / "big.tif", "--out", work / "pred_big", "--accelerator", acc])
+    big_t = run_cli(["predict", run / "model", images / "big.tif", "--out", work / "pred_big",
+                     "--accelerator", acc])
     extra = big_t["seconds"] - small_t["seconds"]
     mpx = (big.size - 256 * 256) / 1e6
     rows.append({"benchmark": "predict2d_cli", "variant": "cytogen predict (subprocess)", "shape": [2048, 2048],
