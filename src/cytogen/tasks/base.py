@@ -15,7 +15,8 @@ from typing import Any
 import lightning as L
 import torch
 
-from cytogen.tasks.common import GradClipMixin, build_optimizer, check_finite, with_schedules
+from cytogen.tasks.common import (GradClipMixin, build_optimizer, check_finite, time_spent_of,
+                                  with_schedules)
 from cytogen.tasks.layout import MemoryFormatMixin
 from cytogen.tasks.pool import ImagePool
 
@@ -83,7 +84,7 @@ class AdversarialTask(GradClipMixin, MemoryFormatMixin, L.LightningModule):
         o, g = self.hparams.optim, self.hparams.gan
         opt_g = build_optimizer(self.generator_parameters(), o)
         opt_d = build_optimizer(self.discriminator_parameters(), {**o, "lr": g["d_lr"], "betas": g["d_betas"]})
-        return with_schedules([opt_g, opt_d], o, int(self.hparams.max_steps))
+        return with_schedules([opt_g, opt_d], o, int(self.hparams.max_steps), time_spent_of(self))
 
     # -- checkpoints ----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

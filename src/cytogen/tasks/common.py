@@ -11,9 +11,11 @@ import torch
 
 from cytogen.errors import CytogenError
 from cytogen.models import build_model
+from cytogen.tasks.time_budget import TimeBudget
 
 __all__ = ["OPTIMIZERS", "GradClipMixin", "NonFiniteLossError", "build_generator", "build_optimizer",
-           "check_finite", "clip_gradients_", "lr_lambda", "pearson_per_sample", "with_schedules"]
+           "check_finite", "clip_gradients_", "lr_lambda", "pearson_per_sample", "time_spent_of",
+           "with_schedules"]
 
 #: Optimiser names a recipe's ``optim.name`` accepts (``sgd`` takes its momentum from ``betas[0]``).
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -80,9 +82,13 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: dict[str, Any]) -
     raise CytogenError(f"optim.name {name!r} is not one of {list(OPTIMIZERS)}")
 
 
-def lr_lambda(cfg: dict[str, Any], max_steps: int) -> Callable[[int], float] | None:
+def lr_lambda(cfg: dict[str, Any], max_steps: int,
+              time_spent: Callable[[], float] | None = None) -> Callable[[int], float] | None:
     """Learning-rate factor per step: linear warm-up, then cosine decay to 5 % (or constant).
 
+    ``time_spent`` (e.g. :attr:`cytogen.tasks.time_budget.TimeBudget.fraction`) returns the share
+    of a wall-clock budget used so far; the cosine then follows whichever budget, steps or time,
+    is further spent, so a time-limited run ends at the floor instead of half-way down.
     Returns None when neither warm-up nor a schedule is configured.
     """
     warm = int(cfg.get("warmup_steps", 0) or 0)
@@ -97,25 +103,37 @@ def lr_lambda(cfg: dict[str, Any], max_steps: int) -> Callable[[int], float] | N
         if not cosine:
             return 1.0
         t = min(1.0, (step - warm) / max(1, total - warm))
+        if time_spent is not None:
+            t = max(t, min(1.0, float(time_spent())))
         return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * t))
 
     return factor
 
 
-def with_schedules(optimizers: list[torch.optim.Optimizer], cfg: dict[str, Any], max_steps: int) -> Any:
-    """``configure_optimizers`` return value: the optimisers, each with the same per-step schedule."""
-    fn = lr_lambda(cfg, max_steps)
+def with_schedules(optimizers: list[torch.optim.Optimizer], cfg: dict[str, Any], max_steps: int,
+                   time_spent: Callable[[], float] | None = None) -> Any:
+    """``configure_optimizers`` return value: the optimisers, each with the same per-step schedule
+    (``time_spent``: see :func:`lr_lambda`)."""
+    fn = lr_lambda(cfg, max_steps, time_spent)
     if fn is None:
         return optimizers if len(optimizers) > 1 else optimizers[0]
     scheds = [{"scheduler": torch.optim.lr_scheduler.LambdaLR(o, fn), "interval": "step"} for o in optimizers]
     return optimizers, scheds
 
 
+def time_spent_of(module: Any) -> Callable[[], float] | None:
+    """The share of the wall-clock budget spent, when the trainer runs a
+    :class:`~cytogen.tasks.time_budget.TimeBudget` callback (``train.max_time_min``)."""
+    trainer = getattr(module, "_trainer", None)
+    budget = next((c for c in getattr(trainer, "callbacks", []) if isinstance(c, TimeBudget)), None)
+    return None if budget is None else (lambda: budget.fraction)
+
+
 def configure_single(module: Any) -> Any:
     """``configure_optimizers`` of a task with one optimiser: built from ``hparams.optim``, with
     its per-step schedule over ``hparams.max_steps`` (Lightning's dict form when scheduled)."""
     opt = build_optimizer(module.parameters(), module.hparams.optim)
-    out = with_schedules([opt], module.hparams.optim, int(module.hparams.max_steps))
+    out = with_schedules([opt], module.hparams.optim, int(module.hparams.max_steps), time_spent_of(module))
     if isinstance(out, tuple):
         return {"optimizer": opt, "lr_scheduler": out[1][0]}
     return out

@@ -31,6 +31,7 @@ from cytogen.errors import CytogenError
 from cytogen.io.atomic import atomic_file, write_json, write_text
 from cytogen.runtime import RuntimeSettings, resolve_runtime
 from cytogen.tasks.common import NonFiniteLossError
+from cytogen.tasks.time_budget import TimeBudget
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -456,6 +457,8 @@ def run_fit(rec: Any, settings: RuntimeSettings, task: L.LightningModule, train_
     clock = LoopClock()
     callbacks: list[Callback] = [ckpt, periodic, ExactResume(sampler, rec.data.batch_size, rec.train.seed),
                                  agreement, clock]
+    if rec.train.max_time_min:  # the cosine schedule follows the time budget too
+        callbacks.append(TimeBudget(rec.train.max_time_min))
     if progress:
         callbacks.append(CleanProgressBar(refresh_rate=5))
     trainer = build_trainer(rec, settings, out, callbacks, progress, source)
