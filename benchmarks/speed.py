@@ -46,7 +46,8 @@ from cytogen.data.datasets import RandomPatches, prepare_fields, read_field
 from cytogen.data.manifest import build_manifest, read_manifest
 from cytogen.data.normalize import Normalizer
 from cytogen.models import build_model
-from cytogen.predict.tiling import predict_tiled
+from cytogen.predict.receptive import auto_tiling
+from cytogen.predict.tiling import predict_tiled, redundancy
 from cytogen.runtime import matmul_gflops, resolve_runtime
 from cytogen.runtime.inference import inference_fn
 from cytogen.tasks import TranslateTask
@@ -223,9 +224,17 @@ def predict_bench(dims: int, image: np.ndarray, state: dict | None, device: str,
     flops_px = _flops(fresh(), torch.zeros(1, 1, *tile, device=device), False) / np.prod(tile)
     mult = 2**arch["depth"]
     results = []
-    variants = [("naive", None), ("cytogen", False)] + ([("cytogen+compile", True)] if compile else [])
+    variants = [("naive", None), ("cytogen", False), ("cytogen+auto", False)] + (
+        [("cytogen+compile", True), ("cytogen+auto+compile", True)] if compile else [])
     for name, comp in variants:
         net = fresh()
+        tiling, work_px, plan_s = {"tile": tile, "overlap": 0.25}, tiles_px, 0.0
+        if name.startswith("cytogen+auto"):  # the default of today's recipes: tile: auto
+            with Timer() as tp:
+                plan = auto_tiling(net, dims, image_shape=image.shape[1:])
+            plan_s = tp.seconds
+            tiling = {"tile": plan.tile, "overlap": plan.overlap, "margin": plan.margin, "balance": True}
+            work_px = redundancy(image.shape[1:], size_multiple=mult, **tiling) * float(np.prod(image.shape[1:]))
         if comp is None:
             def fn(b, net=net):
                 with torch.no_grad():
@@ -234,17 +243,22 @@ def predict_bench(dims: int, image: np.ndarray, state: dict | None, device: str,
         else:
             settings = resolve_runtime("auto", compile=comp, accelerator=device)
             fn, bs, precision = inference_fn(net, dims, settings), batch, settings.precision
-            warm = image[(slice(None),) + tuple(slice(0, t) for t in tile)]
-            predict_tiled(fn, warm, tile=tile, batch_size=bs, size_multiple=mult, device=device,
+            if name.startswith("cytogen+auto"):
+                bs = plan.batch_size
+            warm = image[(slice(None),) + tuple(slice(0, t) for t in tiling["tile"])]
+            predict_tiled(fn, warm, tile=tiling["tile"], batch_size=bs, size_multiple=mult, device=device,
                           pad_batches=bool(comp))
         reset_peak_rss()
         with Timer() as t:
-            predict_tiled(fn, image, tile=tile, overlap=0.25, batch_size=bs, size_multiple=mult,
-                          device=device, pad_batches=bool(comp))
+            predict_tiled(fn, image, batch_size=bs, size_multiple=mult, device=device,
+                          pad_batches=bool(comp), **tiling)
         mpx = float(np.prod(image.shape[1:])) / 1e6 / t.seconds
-        gflops = flops_px * tiles_px / t.seconds / 1e9
+        gflops = flops_px * work_px / t.seconds / 1e9
         results.append({"benchmark": f"predict{dims}d", "variant": name, "shape": list(image.shape[1:]),
-                        "precision": precision, "tile": list(tile), "batch": bs,
+                        "precision": precision, "tile": list(tiling["tile"]), "batch": bs,
+                        "overlap": list(tiling["overlap"]) if name.startswith("cytogen+auto") else 0.25,
+                        "pixels_computed_per_output_pixel": round(work_px / float(np.prod(image.shape[1:])), 3),
+                        "plan_s": round(plan_s, 2),
                         "seconds": round(t.seconds, 2), "mpx_per_s": round(mpx, 3),
                         "gflops": round(gflops, 1),
                         "frac_bf16_matmul": round(gflops / rates["bfloat16"], 3),
