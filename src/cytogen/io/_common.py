@@ -222,3 +222,19 @@ def canonicalize(
         )
     pixel, names = metadata_for(axes, raw.sizes_um, raw.channel_names, data.shape[0])
     return data, axes, pixel, names
+
+
+def check_row_block(path: object, shape: tuple[int, ...], block: np.ndarray, start: int,
+                    rows_written: int) -> int:
+    """Rows in ``block``, a ``(C, rows, *rest)`` piece of an image of ``shape`` written in order
+    at row ``start`` (the streaming writers' shared check); ValueError if it does not fit or
+    does not follow the ``rows_written`` rows so far."""
+    rows = block.shape[1] if block.ndim == len(shape) else -1
+    if (rows < 1 or block.shape[0] != shape[0] or tuple(block.shape[2:]) != tuple(shape[2:])
+            or start + rows > shape[1]):
+        raise ValueError(f"{path}: block of shape {block.shape} at row {start} does not "
+                         f"fit an image of shape {shape}")
+    if start != rows_written:
+        raise ValueError(f"{path}: rows must be written in order; expected row "
+                         f"{rows_written}, got {start}")
+    return rows

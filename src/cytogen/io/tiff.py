@@ -28,7 +28,7 @@ import numpy as np
 import tifffile
 
 from cytogen.errors import CytogenError
-from cytogen.io._common import RawImage, unit_to_um
+from cytogen.io._common import RawImage, check_row_block, unit_to_um
 from cytogen.io.atomic import atomic_file, temp_sibling
 
 _PLAUSIBLE_UM = (0.001, 100.0)  # pixel sizes outside this range in plain TIFF tags are ignored
@@ -303,14 +303,7 @@ class TiffRowWriter:
             ``(C, rows, *rest)`` with the image's channel count and other spatial sizes.
         """
         block = np.asarray(block)
-        rows = block.shape[1] if block.ndim == len(self.shape) else -1
-        if (rows < 1 or block.shape[0] != self.shape[0] or block.shape[2:] != self.shape[2:]
-                or start + rows > self.shape[1]):
-            raise ValueError(f"{self.path}: block of shape {block.shape} at row {start} does not "
-                             f"fit an image of shape {self.shape}")
-        if start != self.rows_written:
-            raise ValueError(f"{self.path}: rows must be written in order; expected row "
-                             f"{self.rows_written}, got {start}")
+        rows = check_row_block(self.path, self.shape, block, start, self.rows_written)
         for c in range(self.shape[0]):
             rows_c = np.ascontiguousarray(block[c], dtype=self.dtype)
             offset = (c * self.shape[1] + start) * self._row_bytes
