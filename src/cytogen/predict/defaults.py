@@ -128,9 +128,11 @@ class TilingPlan:
                 f"({s['batch_size']}), blend {self.blend} ({s['blend']})")
         if self.auto:
             erf = self.auto["erf"]
-            text += (f"; margin {'x'.join(map(str, self.auto['margin']))} px = effective "
-                     f"receptive field radius ({erf['fraction']:.1%} of the gradient; theoretical "
-                     f"{erf['theoretical_radius']}), memory budget "
+            used = (f"margin {'x'.join(map(str, self.auto['margin']))} px" if any(_axes(self.margin, 1))
+                    else "no margin (overlap given)")
+            text += (f"; {used}; effective receptive field radius "
+                     f"{'x'.join(map(str, erf['radius']))} px ({erf['fraction']:.1%} of the "
+                     f"gradient; theoretical {erf['theoretical_radius']}), memory budget "
                      f"{self.auto['memory_budget_gib']:.2f} GiB ({s.get('memory_budget')})")
         return text
 
