@@ -1,4 +1,5 @@
-"""A fast tile function for prediction: eval mode, channels-last, autocast, optional compile."""
+"""A fast tile function for prediction: eval mode, BatchNorm folded, the faster layout,
+autocast, optional compile."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from typing import Callable
 
 import torch
 
+from cytogen.runtime.fold import fold_batchnorm
+from cytogen.runtime.layout import choose_layout
 from cytogen.runtime.settings import RuntimeSettings
 
 
@@ -16,7 +19,12 @@ def inference_fn(net: torch.nn.Module, dims: int, settings: RuntimeSettings
     Parameters
     ----------
     net : torch.nn.Module
-        The generator; it is put in eval mode and, with channels-last on, converted in place.
+        The generator; it is put in eval mode. On the fast path (``settings.fast``) the tile
+        function runs a copy with BatchNorm folded into the convolutions
+        (:func:`~cytogen.runtime.fold.fold_batchnorm`), in the layout
+        :func:`~cytogen.runtime.layout.choose_layout` finds faster on this machine (which may
+        set ``settings.channels_last`` to False, recorded in ``settings.probe``); otherwise
+        ``net`` itself, converted in place when channels-last is on.
     dims : {2, 3}
         Spatial dimensionality (chooses ``channels_last`` or ``channels_last_3d``).
     settings : RuntimeSettings
@@ -32,9 +40,13 @@ def inference_fn(net: torch.nn.Module, dims: int, settings: RuntimeSettings
         in use (after an out-of-memory back-off, the smaller one).
     """
     net.eval()
+    if settings.fast:
+        net, folded = fold_batchnorm(net)
+        settings.probe["batchnorm_folded"] = folded  # type: ignore[assignment]
+        if next(net.parameters(), torch.empty(0)).device.type == "cpu":
+            choose_layout(settings, net, dims)
     fmt = settings.memory_format(dims)
-    if fmt is not None:
-        net.to(memory_format=fmt)
+    net.to(memory_format=fmt if fmt is not None else torch.contiguous_format)
     model: Callable[[torch.Tensor], torch.Tensor] = net
     if settings.compile:
         model = torch.compile(net, dynamic=False)

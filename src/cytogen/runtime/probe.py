@@ -3,11 +3,14 @@
 A CPU flag saying "bf16" is not enough: without AMX, or behind some hypervisors, bf16
 convolutions run *slower* than float32. :func:`precision_probe` times the same
 channels-last convolution in both precisions (interleaved, best of a few rounds, about 0.3 s)
-and the caller picks bf16 only where it wins.
+and the caller picks bf16 only where it wins. Likewise :func:`layout_probe` times the model
+itself in NCHW and channels-last, and :func:`cytogen.runtime.layout.choose_layout` keeps
+channels-last only where it wins.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from functools import lru_cache
 
@@ -78,3 +81,60 @@ def precision_probe(rounds: int = 3) -> dict[str, float]:
             bf16 = max(bf16, _best_rate(lambda: F.conv2d(xb, wb, padding=1), flops, 1, 4))
     return {"conv_fp32_gflops": round(fp32, 1), "conv_bf16_gflops": round(bf16, 1),
             "bf16_speedup": round(bf16 / fp32, 3)}
+
+
+#: channels-last must beat NCHW by this factor in :func:`layout_probe` to be chosen on a CPU.
+CHANNELS_LAST_MIN_SPEEDUP = 1.05
+
+
+def layout_probe(net: torch.nn.Module, example: torch.Tensor, *, train: bool = False,
+                 autocast: torch.dtype | None = None, rounds: int = 2) -> dict[str, float]:
+    """Seconds per pass of ``net`` on ``example`` in NCHW and in channels-last, interleaved.
+
+    Which layout is faster depends on the machine, the model and the pass: on one AVX2 CPU a
+    U-Net's inference ran 1.5x faster channels-last while its training step ran 8 % slower.
+    The network is deep-copied, so its weights, BatchNorm statistics and gradients are
+    untouched, and the random-number state is restored afterwards.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        The network as it will run (eval mode for inference).
+    example : torch.Tensor
+        A batch of the shape it will see (``(B, C, [Z,] Y, X)``).
+    train : bool
+        Time forward plus backward (a training step) instead of an inference forward.
+    autocast : torch.dtype, optional
+        Run under CPU autocast to this dtype (the run's mixed precision), else float32.
+    rounds : int
+        Timed rounds per layout after one warm-up each; the fastest counts.
+
+    Returns
+    -------
+    dict
+        ``{"nchw_s", "channels_last_s", "channels_last_speedup", "train"}``.
+    """
+    fmt = torch.channels_last if example.ndim == 4 else torch.channels_last_3d
+    with torch.random.fork_rng(devices=[]):
+        nets = {"nchw": copy.deepcopy(net), "cl": copy.deepcopy(net).to(memory_format=fmt)}
+        inputs = {"nchw": example.contiguous(), "cl": example.contiguous(memory_format=fmt)}
+
+        def one(key: str) -> float:
+            t0 = time.perf_counter()
+            with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+                if train:
+                    nets[key](inputs[key]).float().square().mean().backward()
+                    nets[key].zero_grad(set_to_none=True)
+                else:
+                    with torch.inference_mode():
+                        nets[key](inputs[key])
+            return time.perf_counter() - t0
+
+        best = {"nchw": float("inf"), "cl": float("inf")}
+        for key in best:  # warm up both
+            one(key)
+        for _ in range(rounds):  # interleaved so a noisy neighbour hits both alike
+            for key in best:
+                best[key] = min(best[key], one(key))
+    return {"nchw_s": round(best["nchw"], 4), "channels_last_s": round(best["cl"], 4),
+            "channels_last_speedup": round(best["nchw"] / best["cl"], 3), "train": train}

@@ -3,7 +3,10 @@
 Defaults (``fast=True``, ``precision="auto"``):
 
 - **channels-last** memory format for 2D and 3D convolutions (``channels_last`` /
-  ``channels_last_3d``), which oneDNN and cuDNN run faster than NCHW;
+  ``channels_last_3d``): on GPUs and in training always, in prediction on a CPU only where
+  timing the model shows it faster than NCHW (:mod:`cytogen.runtime.layout`);
+- **BatchNorm folded** into the convolution before it for prediction
+  (:mod:`cytogen.runtime.fold`);
 - **bf16 autocast** on a GPU that supports bf16 (else fp16 mixed precision), and on a CPU only
   where a short probe (:func:`~cytogen.runtime.probe.precision_probe`) shows bf16 convolutions
   to be at least ``BF16_MIN_SPEEDUP`` times faster than float32; otherwise float32 with a
@@ -59,8 +62,13 @@ class RuntimeSettings:
         Resolved precision (Lightning's names); mixed = autocast with float32 weights.
     requested_precision : str
         What the user or recipe asked for (``"auto"`` by default).
+    fast : bool
+        The fast path is on (``--no-fast`` turns it off): fused optimiser steps, BatchNorm
+        folded into convolutions for prediction, the layout probe.
     channels_last : bool
-        Convert models and batches to channels-last.
+        Convert models and batches to channels-last. For prediction on a CPU the fast path
+        starts with it on and :func:`cytogen.runtime.layout.choose_layout` keeps it only where
+        the model runs measurably faster so.
     compile : bool
         Wrap the generator with ``torch.compile``.
     threads : int
@@ -76,6 +84,7 @@ class RuntimeSettings:
     device: str = "cpu"
     precision: str = "32"
     requested_precision: str = "auto"
+    fast: bool = False
     channels_last: bool = False
     compile: bool = False
     threads: int = 1
@@ -210,7 +219,7 @@ def resolve_runtime(precision: str = "auto", *, fast: bool = True, compile: bool
     per_proc = max(1, _cpus() // max(1, int(procs)))
     workers = int(num_workers) if num_workers >= 0 else (0 if device == "cpu" and per_proc <= 8
                                                          else min(4, per_proc // 2))
-    settings = RuntimeSettings(device=device, requested_precision=requested, channels_last=fast,
+    settings = RuntimeSettings(device=device, requested_precision=requested, fast=fast, channels_last=fast,
                                compile=compile, threads=per_proc, num_workers=workers)
     notes = settings.notes
     if requested == "int8":

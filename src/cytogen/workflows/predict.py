@@ -57,16 +57,14 @@ def _tile_fn(model: LoadedModel, settings: RuntimeSettings
     batch size.
     """
     cache = model.__dict__.setdefault("_tile_fns", {})
-    key = (settings.precision, settings.channels_last, settings.compile)
+    key = (settings.precision, settings.fast, settings.compile)  # the layout is decided inside
     if key not in cache and settings.precision == "int8":  # ONNX Runtime, checked against float32
         from cytogen.predict.onnx_backend import Int8TileFn
 
         model.net.to(memory_format=torch.contiguous_format)
         cache[key] = Int8TileFn(model.net.eval(), settings.threads, model.net.size_multiple,
                                 report=settings.probe)
-    if key not in cache:
-        if not settings.channels_last:  # --no-fast after a fast call: back to the default layout
-            model.net.to(memory_format=torch.contiguous_format)
+    if key not in cache:  # (inference_fn puts model.net back in the default layout where needed)
         cache[key] = inference_fn(model.net, model.dims, settings)
     return cache[key], torch.float32
 

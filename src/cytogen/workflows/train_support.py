@@ -310,11 +310,15 @@ def runtime_for(rec: Any) -> RuntimeSettings:
 
 def fused_optimizer(settings: RuntimeSettings) -> bool:
     """Use the fused (single-kernel) Adam/AdamW step on the fast path."""
-    return settings.channels_last and settings.device in ("cpu", "cuda")
+    return settings.fast and settings.device in ("cpu", "cuda")
 
 
 def speed_up_task(task: L.LightningModule, settings: RuntimeSettings, dims: int) -> None:
     """Apply channels-last and (when asked) ``torch.compile`` to a task's networks in place.
+
+    Training keeps channels-last on the fast path without timing it (prediction times it, see
+    :mod:`cytogen.runtime.layout`): a measured choice can flip between two runs on one machine,
+    and the two layouts round differently, so runs and resumes would no longer be bit-identical.
 
     Compilation uses ``nn.Module.compile``, so checkpoints keep the plain parameter names. Only
     the generators a task names in ``generator_modules`` are compiled: discriminators may need
