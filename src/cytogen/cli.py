@@ -160,7 +160,8 @@ def _cmd_predict(a: argparse.Namespace) -> None:
     kwargs = dict(files=a.files or None, data=a.data, split=a.split, tile=a.tile, overlap=a.overlap,
                   batch_size=a.batch_size, blend=a.blend, output_format=a.output_format,
                   precision=a.precision or "auto", fast=not a.no_fast, compile=a.compile,
-                  accelerator=a.accelerator or "auto", memory_budget=a.memory_budget, resume=a.resume)
+                  accelerator=a.accelerator or "auto", memory_budget=a.memory_budget, resume=a.resume,
+                  backend=a.backend)
     if a.devices == 1 and a.num_nodes == 1:
         from cytogen.workflows.predict import predict
 
@@ -365,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="skip fields whose output exists (complete: outputs are written atomically) "
                          "and predict only the missing ones (default: overwrite)")
     _add_speed_flags(pr, training=False)
+    pr.add_argument("--backend", choices=("torch", "onnxruntime"), default=None,
+                    help="what runs the network: torch (default) or onnxruntime (CPU, float32 unless "
+                         "--precision int8; same tiling and outputs; pip install 'cytogen[onnx]')")
     pr.add_argument("--devices", type=int, default=1,
                     help="processes per node, one per GPU (or CPU processes with --accelerator cpu); "
                          "the fields are shared among them, each written once (default: 1)")

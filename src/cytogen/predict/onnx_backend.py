@@ -215,6 +215,37 @@ def onnx_float32_fn(net: torch.nn.Module, example: torch.Tensor, threads: int,
         return onnx_fn(ort_session(path.read_bytes(), threads))
 
 
+class Float32TileFn:
+    """Float32 ONNX Runtime tile function, exported from ``net`` on its first call (the first
+    batch gives the channel count and rank; the spatial axes stay dynamic).
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        The generator (exported in eval mode on the CPU; not modified otherwise).
+    threads : int
+        ONNX Runtime intra-op threads.
+    size_multiple : int or sequence of int
+        The generator's ``size_multiple`` (see :func:`export_onnx`).
+    report : dict, optional
+        Receives ``onnx_export_s`` (seconds to export and load).
+    """
+
+    def __init__(self, net: torch.nn.Module, threads: int, size_multiple: Sequence[int] | int = 1,
+                 report: dict[str, Any] | None = None) -> None:
+        self.net, self.threads, self.size_multiple = net, threads, size_multiple
+        self.report = report if report is not None else {}
+        self._fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self._fn is None:
+            t0 = time.perf_counter()
+            self._fn = onnx_float32_fn(self.net.eval().cpu(), x.float().cpu(), self.threads,
+                                       self.size_multiple)
+            self.report["onnx_export_s"] = round(time.perf_counter() - t0, 2)
+        return self._fn(x)
+
+
 def _example(x: torch.Tensor) -> torch.Tensor:
     """At least two tiles, so that the exporter keeps the batch axis dynamic."""
     x = x[:2]

@@ -135,3 +135,18 @@ def resolve_int8(settings: RuntimeSettings, *, flags: frozenset[str] | None = No
         f"fast int8 instructions: {', '.join(fast)})" if fast
         else f"no fast int8 instructions; run anyway because {OVERRIDE_ENV}=1)"))
     return settings
+
+
+def resolve_onnxruntime(settings: RuntimeSettings, missing: list[str] | None = None) -> RuntimeSettings:
+    """Turn ``settings`` into a float32 ONNX Runtime prediction run (``--backend onnxruntime``),
+    or refuse when ONNX Runtime is not installed. The combinations that cannot run (GPU,
+    ``--compile``, ``--no-fast``, bf16) are refused by :func:`~cytogen.runtime.resolve_runtime`."""
+    missing = missing_onnx_modules() if missing is None else missing
+    if missing:
+        raise CytogenError(f"--backend onnxruntime needs {', '.join(missing)}, which "
+                           f"{'is' if len(missing) == 1 else 'are'} not installed; {ONNX_EXTRA}")
+    settings.precision = "32"
+    settings.notes.append("backend: ONNX Runtime, float32 (the network exported once with "
+                          "torch.onnx; its graph optimiser fuses convolution, normalisation and "
+                          "activation)")
+    return settings

@@ -39,6 +39,9 @@ _ALIASES = {"32-true": "32", "fp32": "32", "float32": "32", "bf16": "bf16-mixed"
 #: Precisions of prediction only (``resolve_runtime(..., inference=True)``): int8 through ONNX
 #: Runtime, see :mod:`cytogen.runtime.int8`.
 INFERENCE_PRECISIONS = (*PRECISIONS, "int8")
+#: What runs the network in prediction: PyTorch, or ONNX Runtime on the CPU (float32, or int8
+#: with ``precision="int8"``; see :mod:`cytogen.predict.onnx_backend`).
+BACKENDS = ("torch", "onnxruntime")
 #: bf16 must beat float32 by this factor in the probe to be chosen on a CPU.
 BF16_MIN_SPEEDUP = 1.2
 
@@ -75,6 +78,8 @@ class RuntimeSettings:
         Intra-op threads per process.
     num_workers : int
         Data-loader worker processes.
+    backend : {"torch", "onnxruntime"}
+        What runs the network in prediction (training is always PyTorch).
     notes : list of str
         One line per decision a user may want to know about (printed once).
     probe : dict
@@ -89,6 +94,7 @@ class RuntimeSettings:
     compile: bool = False
     threads: int = 1
     num_workers: int = 0
+    backend: str = "torch"
     notes: list[str] = field(default_factory=list)
     probe: dict[str, float] = field(default_factory=dict)
 
@@ -175,7 +181,7 @@ def resolve_runtime(precision: str = "auto", *, fast: bool = True, compile: bool
                     accelerator: str = "auto", devices: int | str = 1,
                     processes_per_node: int | None = None, num_workers: int = -1,
                     probe: Callable[[], dict[str, float]] | None = None,
-                    inference: bool = False) -> RuntimeSettings:
+                    inference: bool = False, backend: str | None = None) -> RuntimeSettings:
     """Turn requested settings into what this machine will run.
 
     Parameters
@@ -199,7 +205,11 @@ def resolve_runtime(precision: str = "auto", *, fast: bool = True, compile: bool
         Replaces :func:`~cytogen.runtime.probe.precision_probe` (tests).
     inference : bool
         Prediction only: also accepts ``precision="int8"`` (checked by
-        :func:`~cytogen.runtime.int8.resolve_int8`).
+        :func:`~cytogen.runtime.int8.resolve_int8`) and ``backend``.
+    backend : {"torch", "onnxruntime"}, optional
+        Prediction only. ``onnxruntime`` runs the network through ONNX Runtime on the CPU in
+        float32 (``precision`` auto or 32) or int8; default ``torch``, except for int8 (which
+        only ONNX Runtime runs).
 
     Raises
     ------
@@ -222,10 +232,12 @@ def resolve_runtime(precision: str = "auto", *, fast: bool = True, compile: bool
     settings = RuntimeSettings(device=device, requested_precision=requested, fast=fast, channels_last=fast,
                                compile=compile, threads=per_proc, num_workers=workers)
     notes = settings.notes
-    if requested == "int8":
-        from cytogen.runtime.int8 import resolve_int8
+    chosen = _backend(backend, requested, inference, device, compile, fast)
+    if chosen == "onnxruntime":
+        from cytogen.runtime.int8 import resolve_int8, resolve_onnxruntime
 
-        return resolve_int8(settings)
+        settings.backend, settings.channels_last = chosen, False  # the ONNX graph has its own layout
+        return resolve_int8(settings) if requested == "int8" else resolve_onnxruntime(settings)
     if requested == "16-mixed" and device == "cpu":
         raise CytogenError("precision 16-mixed needs a GPU; on a CPU use bf16-mixed or 32")
     if requested == "bf16-mixed" and device == "cpu" and not _cpu_bf16_ok():
@@ -254,3 +266,34 @@ def resolve_runtime(precision: str = "auto", *, fast: bool = True, compile: bool
                          f"{settings.probe.get('conv_bf16_gflops')} vs "
                          f"{settings.probe.get('conv_fp32_gflops')} GFLOP/s)")
     return settings
+
+
+def _backend(backend: str | None, precision: str, inference: bool, device: str, compile: bool,
+             fast: bool) -> str:
+    """The prediction backend, or one clear refusal of a combination that cannot run."""
+    if backend is None:
+        return "onnxruntime" if precision == "int8" else "torch"
+    key = str(backend).strip().lower().replace("-", "").replace("_", "")
+    key = {"onnx": "onnxruntime", "ort": "onnxruntime", "pytorch": "torch"}.get(key, key)
+    if key not in BACKENDS:
+        raise CytogenError(f"backend {backend!r} is not one of {list(BACKENDS)}")
+    if key == "torch":
+        if precision == "int8":
+            raise CytogenError("precision int8 runs through ONNX Runtime; drop --backend torch "
+                               "(or use --backend onnxruntime)")
+        return key
+    if not inference:
+        raise CytogenError("the onnxruntime backend is for prediction only (cytogen predict "
+                           "--backend onnxruntime); training runs in PyTorch")
+    if device != "cpu":
+        raise CytogenError(f"the onnxruntime backend runs on the CPU here, not on {device}; add "
+                           "--accelerator cpu, or use --backend torch on a GPU")
+    if compile:
+        raise CytogenError("--compile is a PyTorch option and --backend onnxruntime runs ONNX "
+                           "Runtime; drop one of them")
+    if not fast:
+        raise CytogenError("--no-fast means plain PyTorch float32; drop it or --backend onnxruntime")
+    if precision not in ("auto", "32", "int8"):
+        raise CytogenError(f"--backend onnxruntime runs float32 (precision auto or 32) or int8, not "
+                           f"{precision!r}")
+    return key

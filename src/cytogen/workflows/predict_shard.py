@@ -272,7 +272,7 @@ def predict_sharded(model_dir: str | Path, out: str | Path, *, files: list[str] 
                     batch_size: int | None = None, blend: str | None = None,
                     output_format: str | None = None, precision: str = "auto", fast: bool = True,
                     compile: bool = False, memory_budget: float | None = None,
-                    progress: bool = True) -> ShardSummary:
+                    progress: bool = True, backend: str | None = None) -> ShardSummary:
     """Predict fields as :func:`~cytogen.workflows.predict.predict` does, on ``devices`` x
     ``num_nodes`` processes, each field once.
 
@@ -282,7 +282,7 @@ def predict_sharded(model_dir: str | Path, out: str | Path, *, files: list[str] 
     Parameters
     ----------
     model_dir, out, files, data, split, tile, overlap, batch_size, blend, output_format, \
-precision, fast, compile, memory_budget
+precision, fast, compile, memory_budget, backend
         As for :func:`~cytogen.workflows.predict.predict` (an ``auto`` tiling is resolved on
         each rank's device). ``out`` must be a folder every
         node sees (a shared file system).
@@ -319,7 +319,7 @@ precision, fast, compile, memory_budget
                            "use --output-format tif or ome-zarr")
     zero = is_rank_zero()
     settings = resolve_runtime(precision, fast=fast, compile=compile, accelerator=accelerator,
-                               devices=devices)
+                               devices=devices, inference=True, backend=backend)
     _check_gpus(settings.device, devices, num_nodes)
     if str(accelerator).lower() == "auto" and settings.device == "cpu":
         settings.notes.append(f"no GPU visible: {devices} CPU process(es) per node")
