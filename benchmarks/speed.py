@@ -16,6 +16,9 @@ every variant for ``--steps`` steps; the validation L1 on fixed patches is the q
 Achieved FLOP rates count the model's convolution FLOPs (``torch.utils.flop_counter``) and are
 set against the float32 and bf16 matmul rates measured at the start of the same run.
 
+Where the ``onnx`` extra is installed (CPU), prediction also runs through float32 ONNX Runtime
+(``cytogen predict --backend onnxruntime``), in process and through the CLI.
+
 Beside the in-process figures: the whole ``cytogen train`` loop and ``cytogen predict`` as
 subprocesses (steady-state img/s from inside the run, Mpx/s with start-up subtracted, peak RSS of
 each process), the bf16 quality guard (float32 vs bf16-mixed validation L1 over seeds) and one
@@ -48,10 +51,12 @@ from cytogen.data.datasets import RandomPatches, prepare_fields, read_field
 from cytogen.data.manifest import build_manifest, read_manifest
 from cytogen.data.normalize import Normalizer
 from cytogen.models import build_model
+from cytogen.predict.onnx_backend import Float32TileFn
 from cytogen.predict.receptive import auto_tiling
 from cytogen.predict.tiling import predict_tiled, redundancy
 from cytogen.runtime import matmul_gflops, resolve_runtime
 from cytogen.runtime.inference import inference_fn
+from cytogen.runtime.int8 import missing_onnx_modules
 from cytogen.tasks import TranslateTask
 from cytogen.workflows.train import fused_optimizer, speed_up_task
 
@@ -227,7 +232,8 @@ def predict_bench(dims: int, image: np.ndarray, state: dict | None, device: str,
     mult = 2**arch["depth"]
     results = []
     variants = [("naive", None), ("cytogen", False), ("cytogen+auto", False)] + (
-        [("cytogen+compile", True), ("cytogen+auto+compile", True)] if compile else [])
+        [("cytogen+compile", True), ("cytogen+auto+compile", True)] if compile else []) + (
+        [("cytogen+auto+onnxruntime", False)] if device == "cpu" and not missing_onnx_modules() else [])
     for name, comp in variants:
         net = fresh()
         tiling, work_px, plan_s = {"tile": tile, "overlap": 0.25}, tiles_px, 0.0
@@ -242,6 +248,12 @@ def predict_bench(dims: int, image: np.ndarray, state: dict | None, device: str,
                 with torch.no_grad():
                     return net(b)
             bs, precision = 1, "32"
+        elif name.endswith("onnxruntime"):  # cytogen predict --backend onnxruntime
+            settings = resolve_runtime("auto", accelerator=device, inference=True, backend="onnxruntime")
+            fn, bs, precision = Float32TileFn(net, settings.threads, mult, report=settings.probe), \
+                plan.batch_size, "32"
+            warm = image[(slice(None),) + tuple(slice(0, t) for t in tiling["tile"])]
+            predict_tiled(fn, warm, tile=tiling["tile"], batch_size=bs, size_multiple=mult, device=device)
         else:
             settings = resolve_runtime("auto", compile=comp, accelerator=device)
             fn, bs, precision = inference_fn(net, dims, settings), batch, settings.precision
@@ -263,6 +275,7 @@ def predict_bench(dims: int, image: np.ndarray, state: dict | None, device: str,
                         "precision": precision, "tile": list(tiling["tile"]), "batch": bs,
                         "overlap": list(tiling["overlap"]) if name.startswith("cytogen+auto") else 0.25,
                         "pixels_computed_per_output_pixel": round(work_px / float(np.prod(image.shape[1:])), 3),
+                        "backend": settings.backend if comp is not None else "torch",
                         "layout": "nchw" if comp is None or not settings.channels_last else "channels_last",
                         "batchnorm_folded": 0 if comp is None else settings.probe.get("batchnorm_folded", 0),
                         "max_abs_diff_vs_naive_over_range": round(diff, 6),
@@ -323,17 +336,19 @@ def cli_figures(steps: int, device: str, in_process: dict, work: Path) -> list[d
     images.mkdir()
     tifffile.imwrite(images / "small.tif", big[:256, :256])
     tifffile.imwrite(images / "big.tif", big)
-    small_t = run_cli(["predict", run / "model", images / "small.tif", "--out", work / "pred_small",
-                       "--accelerator", acc])
-    big_t = run_cli(["predict", run / "model", images / "big.tif", "--out", work / "pred_big",
-                     "--accelerator", acc])
-    extra = big_t["seconds"] - small_t["seconds"]
-    mpx = (big.size - 256 * 256) / 1e6
-    rows.append({"benchmark": "predict2d_cli", "variant": "cytogen predict (subprocess)", "shape": [2048, 2048],
-                 "wall_s_2048": round(big_t["seconds"], 2), "wall_s_256": round(small_t["seconds"], 2),
-                 "mpx_per_s": round(mpx / extra, 3) if extra > 0 else None,
-                 "peak_rss_mib_2048": big_t["peak_rss_mib"], "peak_rss_mib_256": small_t["peak_rss_mib"]})
-    emit(rows[-1])
+    backends = ["torch"] + (["onnxruntime"] if acc == "cpu" and not missing_onnx_modules() else [])
+    for backend in backends:
+        flags = ["--accelerator", acc, "--backend", backend]
+        small_t = run_cli(["predict", run / "model", images / "small.tif", "--out", work / f"pred_small_{backend}", *flags])
+        big_t = run_cli(["predict", run / "model", images / "big.tif", "--out", work / f"pred_big_{backend}", *flags])
+        extra = big_t["seconds"] - small_t["seconds"]
+        mpx = (big.size - 256 * 256) / 1e6
+        rows.append({"benchmark": "predict2d_cli", "variant": f"cytogen predict --backend {backend} (subprocess)",
+                     "shape": [2048, 2048], "wall_s_2048": round(big_t["seconds"], 2),
+                     "wall_s_256": round(small_t["seconds"], 2),
+                     "mpx_per_s": round(mpx / extra, 3) if extra > 0 else None,
+                     "peak_rss_mib_2048": big_t["peak_rss_mib"], "peak_rss_mib_256": small_t["peak_rss_mib"]})
+        emit(rows[-1])
     return rows
 
 
