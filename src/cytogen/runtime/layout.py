@@ -24,7 +24,7 @@ from cytogen.runtime.settings import RuntimeSettings
 
 #: Default spatial size of the probe batch per axis: 2D (Y, X) and 3D (Z, Y, X). The ratio
 #: depends on the size (one AVX2 CPU: 1.15x at 128x128, 1.4-1.5x from 256x256 up), so prediction
-#: probes a 256x256 tile and training the run's own batch and patch shape where it is known.
+#: probes one 256x256 tile, the small end of the tiles auto tiling picks.
 PROBE_SHAPE = {2: (256, 256), 3: (16, 64, 64)}
 
 
