@@ -2,7 +2,8 @@
 
 The generator is exported once with :func:`torch.onnx.export` (the torch.export-based exporter,
 dynamic batch and spatial sizes in multiples of ``size_multiple``), then run by an ONNX Runtime
-``InferenceSession`` on the CPU with the run's thread count (:func:`onnx_fn`). For int8
+``InferenceSession`` on the CPU with the run's thread count (:func:`onnx_fn`;
+:class:`Float32TileFn` for ``cytogen predict --backend onnxruntime``). For int8
 (:class:`Int8TileFn`) the float32 graph is statically quantised with
 :func:`onnxruntime.quantization.quantize_static`: QDQ format, int8 weights per output channel,
 int8 activations with ranges calibrated on real normalised tiles (by default MinMax or

@@ -42,7 +42,7 @@ def inference_fn(net: torch.nn.Module, dims: int, settings: RuntimeSettings
     net.eval()
     if settings.fast:
         net, folded = fold_batchnorm(net)
-        settings.probe["batchnorm_folded"] = folded  # type: ignore[assignment]
+        settings.probe["batchnorm_folded"] = folded
         if next(net.parameters(), torch.empty(0)).device.type == "cpu":
             choose_layout(settings, net, dims)
     fmt = settings.memory_format(dims)

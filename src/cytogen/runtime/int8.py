@@ -130,7 +130,7 @@ def resolve_int8(settings: RuntimeSettings, *, flags: frozenset[str] | None = No
     fast = fast_int8_flags(flags)
     settings.precision = "int8"
     settings.channels_last = False  # the ONNX graph has its own layout
-    settings.probe["int8_fast_flags"] = list(fast)  # type: ignore[assignment]
+    settings.probe["int8_fast_flags"] = list(fast)
     settings.notes.append("precision: int8 through ONNX Runtime (" + (
         f"fast int8 instructions: {', '.join(fast)})" if fast
         else f"no fast int8 instructions; run anyway because {OVERRIDE_ENV}=1)"))

@@ -58,18 +58,13 @@ def _tile_fn(model: LoadedModel, settings: RuntimeSettings
     """
     cache = model.__dict__.setdefault("_tile_fns", {})
     key = (settings.backend, settings.precision, settings.fast, settings.compile)  # layout: decided inside
-    if key not in cache and settings.precision == "int8":  # ONNX Runtime, checked against float32
-        from cytogen.predict.onnx_backend import Int8TileFn
+    if key not in cache and settings.backend == "onnxruntime":  # int8 is checked against float32
+        from cytogen.predict.onnx_backend import Float32TileFn, Int8TileFn
 
+        kind = Int8TileFn if settings.precision == "int8" else Float32TileFn
         model.net.to(memory_format=torch.contiguous_format)
-        cache[key] = Int8TileFn(model.net.eval(), settings.threads, model.net.size_multiple,
-                                report=settings.probe)
-    if key not in cache and settings.backend == "onnxruntime":  # float32 ONNX Runtime
-        from cytogen.predict.onnx_backend import Float32TileFn
-
-        model.net.to(memory_format=torch.contiguous_format)
-        cache[key] = Float32TileFn(model.net.eval(), settings.threads, model.net.size_multiple,
-                                   report=settings.probe)
+        cache[key] = kind(model.net.eval(), settings.threads, model.net.size_multiple,
+                          report=settings.probe)
     if key not in cache:  # (inference_fn puts model.net back in the default layout where needed)
         cache[key] = inference_fn(model.net, model.dims, settings)
     return cache[key], torch.float32
