@@ -129,3 +129,27 @@ def test_layout_probe_changes_nothing_it_measures() -> None:
     assert torch.equal(torch.get_rng_state(), state)
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     assert all(p.grad is None for p in net.parameters())
+
+
+@pytest.mark.parametrize("speedup,fmt", [(0.5, torch.contiguous_format), (2.0, torch.channels_last)])
+def test_inference_runs_in_the_layout_the_probe_chose(speedup, fmt, monkeypatch) -> None:
+    seen = []
+
+    def probe(net, example, *, autocast):
+        return {"nchw_s": speedup, "channels_last_s": 1.0, "channels_last_speedup": speedup, "train": False}
+
+    monkeypatch.setattr("cytogen.runtime.layout.layout_probe", probe)
+    net = _unet()
+    # the second conv sees 8 channels (with 1 channel both layouts are the same memory)
+    net.encoders[0][3].register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    s = resolve_runtime("32", accelerator="cpu")
+    fn = inference_fn(net, 2, s)
+    x = _x(2)
+    with torch.inference_mode():
+        out = fn(x)
+    with torch.no_grad():
+        ref = _unet().eval()(x)
+    other = torch.channels_last if fmt == torch.contiguous_format else torch.contiguous_format
+    assert s.channels_last is (speedup > 1) and seen and seen[-1].shape[1] == 8
+    assert seen[-1].is_contiguous(memory_format=fmt) and not seen[-1].is_contiguous(memory_format=other)
+    assert float((out - ref).norm() / ref.norm()) < 1e-5
