@@ -54,6 +54,91 @@ def _scale(transforms: list[dict] | None, ndim: int) -> list[float]:
     return scale
 
 
+def _ome(node: Any) -> dict[str, Any]:
+    attrs = dict(node.attrs)
+    return dict(attrs.get("ome", attrs))  # v0.5 nests everything under "ome"
+
+
+def _image_group(path: Path) -> tuple[Any, dict[str, Any]]:
+    """The zarr group of the image at ``path`` (first image of a bioformats2raw root) and its
+    first ``multiscales`` entry; raises :class:`CytogenError` when there is none."""
+    node = zarr.open_group(store=str(path), mode="r")
+    ome = _ome(node)
+    if "multiscales" not in ome and "bioformats2raw.layout" in ome and "0" in node:
+        node = node["0"]
+        ome = _ome(node)
+    multiscales = ome.get("multiscales")
+    if not multiscales:
+        raise CytogenError(
+            f"{path}: this zarr group has no 'multiscales' metadata, so it is not an "
+            "OME-Zarr image. Point at the image group inside it (the folder whose .zattrs "
+            "or zarr.json has 'multiscales'), or convert the data to OME-Zarr."
+        )
+    return node, ome
+
+
+def open_ome_zarr_levels(path: Path) -> list[zarr.Array]:
+    """Every resolution level of an OME-Zarr image, level 0 (full resolution) first.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The image group (``.ome.zarr`` folder, a label image ``IMAGE.ome.zarr/labels/NAME``,
+        or a bioformats2raw root, whose first image is used).
+
+    Returns
+    -------
+    list of zarr.Array
+        The arrays of the first ``multiscales`` entry's ``datasets``, in their order (NGFF:
+        largest first), opened read-only without reading pixels.
+
+    Raises
+    ------
+    CytogenError
+        When the folder is not a readable OME-Zarr image group.
+    """
+    path = Path(path)
+    try:
+        node, ome = _image_group(path)
+        return [node[d["path"]] for d in ome["multiscales"][0]["datasets"]]
+    except CytogenError:
+        raise
+    except Exception as exc:
+        raise _unreadable(path, exc) from exc
+
+
+def list_ome_zarr_labels(path: Path) -> list[str]:
+    """Names of the NGFF label images of an OME-Zarr image (``IMAGE/labels/<name>``).
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The image group (``.ome.zarr`` folder).
+
+    Returns
+    -------
+    list of str
+        The names the ``labels`` group lists (its ``"labels"`` attribute) whose group exists,
+        in that order; empty when the image has no ``labels`` group. Open one with
+        :func:`open_ome_zarr_levels` on ``path / "labels" / name``.
+
+    Raises
+    ------
+    CytogenError
+        When the folder is not a readable zarr group.
+    """
+    path = Path(path)
+    try:
+        node = zarr.open_group(store=str(path), mode="r")
+        if "labels" not in node:
+            return []
+        group = node["labels"]
+        names = _ome(group).get("labels") or []
+        return [str(n) for n in names if str(n) in group]
+    except Exception as exc:
+        raise _unreadable(path, exc) from exc
+
+
 def open_ome_zarr(path: Path) -> RawImage:
     """Open level 0 of an OME-Zarr image (or a bare zarr array) without reading pixels.
 
@@ -77,20 +162,8 @@ def open_ome_zarr(path: Path) -> RawImage:
         node = zarr.open(store=str(path), mode="r")
         if isinstance(node, zarr.Array):
             return RawImage(node, _guess_axes(node.ndim))
-        ome = dict(node.attrs)
-        ome = ome.get("ome", ome)  # v0.5 nests everything under "ome"
-        if "multiscales" not in ome and "bioformats2raw.layout" in ome and "0" in node:
-            node = node["0"]
-            ome = dict(node.attrs)
-            ome = ome.get("ome", ome)
-        multiscales = ome.get("multiscales")
-        if not multiscales:
-            raise CytogenError(
-                f"{path}: this zarr group has no 'multiscales' metadata, so it is not an "
-                "OME-Zarr image. Point at the image group inside it (the folder whose .zattrs "
-                "or zarr.json has 'multiscales'), or convert the data to OME-Zarr."
-            )
-        ms = multiscales[0]
+        node, ome = _image_group(path)
+        ms = ome["multiscales"][0]
         dataset = ms["datasets"][0]
         arr = node[dataset["path"]]
     except CytogenError:
