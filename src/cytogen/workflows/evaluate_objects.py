@@ -1,7 +1,8 @@
 """``cytogen evaluate objects``: read the fields, call :mod:`cytogen.evaluate.summary`, write the outputs.
 
 Outputs (``OUT/``, swapped in as one folder only once complete): ``objects.csv`` (one row per real
-and predicted object), ``fields.csv``, ``summary.json`` and ``report.html``.
+and predicted object), ``fields.csv``, ``summary.json`` (with ``inputs``: the absolute prediction
+and truth paths and the split evaluated) and ``report.html``.
 """
 
 from __future__ import annotations
@@ -167,6 +168,9 @@ def evaluate_objects(pred: str | Path, truth: str | Path, out: str | Path, *,
     result = compute_object_metrics(pairs, settings, progress=_progress if progress else None)
     if progress and result.summary["unit"] == "px":
         _progress("note: no pixel size known; distances are in px (pass --pixel-size-um for um)")
+    # what was evaluated, so viewers (the napari reader) can show the images under the nuclei
+    result.summary["inputs"] = {"pred": str(Path(pred).resolve()), "truth": str(Path(truth).resolve()),
+                                "split": split}
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(out) as tmp:
         tmp.mkdir()

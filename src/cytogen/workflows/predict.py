@@ -115,7 +115,8 @@ def predict_image(model: LoadedModel, image: Image, *, tile: tuple[int, ...] | N
                   overlap: float | None = None, batch_size: int | None = None,
                   blend: str | None = None, source: str = "image",
                   settings: RuntimeSettings | None = None,
-                  plan: TilingPlan | None = None) -> np.ndarray:
+                  plan: TilingPlan | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Predict the target channels of one image; returns float32 ``(C_out, ...)`` in target units.
 
     The whole image is normalised and predicted in memory. When the model runs out of memory
@@ -139,6 +140,10 @@ def predict_image(model: LoadedModel, image: Image, *, tile: tuple[int, ...] | N
     plan
         A resolved :class:`~cytogen.predict.defaults.TilingPlan` (margin and balance
         included), used instead of ``tile``, ``overlap``, ``batch_size`` and ``blend``.
+    progress
+        Called as ``progress(done_tiles, total_tiles)`` after each batch of tiles (see
+        :func:`~cytogen.predict.tiling.predict_tiled`; an out-of-memory restart counts again
+        from 0), e.g. by the napari widget's progress bar.
     """
     _check_input(model, image.axes, image.data.shape[0], source)
     if not np.all(np.isfinite(image.data)):
@@ -156,7 +161,7 @@ def predict_image(model: LoadedModel, image: Image, *, tile: tuple[int, ...] | N
                              size_multiple=multiple, out_channels=model.out_channels,
                              blend=plan.blend, device=_device(model), dtype=dtype,
                              margin=plan.margin, balance=plan.balance,
-                             pad_batches=settings.compile)
+                             pad_batches=settings.compile, progress=progress)
 
     y = _with_tile_backoff(run, plan.tile, image.spatial_shape, multiple, source)
     return model.target_norm.denormalize(y)
