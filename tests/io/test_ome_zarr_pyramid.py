@@ -148,3 +148,25 @@ def test_streaming_with_pyramid_never_holds_the_whole_array(tmp_path):
     top = levels[-1][...]  # 8 x 8 block means of y + x rows: the mean of the 8 pixels' values
     expect = reference_mean(reference_mean(reference_mean((rows[:, None] + rows[None, :])[None])))
     np.testing.assert_allclose(top, expect, atol=1e-5)
+
+
+def test_image_with_labels_in_one_atomic_write(tmp_path):
+    path = tmp_path / "seg.ome.zarr"
+    image = np.random.default_rng(2).integers(0, 255, size=(2, 30, 40), dtype=np.uint8)
+    lab = np.zeros((30, 40), np.uint16)
+    lab[5:15, 5:20], lab[20:28, 25:39] = 1, 65535
+    write_ome_zarr(path, image, "CYX", (0.3, 0.3), ["DNA", "actin"], "zlib", max_side=16,
+                   labels={"nuclei": lab})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.ome.zarr"]  # no temporary left
+    group = zarr.open_group(str(path), mode="r")
+    assert group.attrs["multiscales"][0]["name"] == "seg"  # named after the destination
+    assert group["labels/nuclei"].attrs["multiscales"][0]["name"] == "nuclei"
+    models.Image.from_zarr(group)
+    models.ImageLabel.from_zarr(group["labels/nuclei"])
+    levels = open_ome_zarr_levels(path / "labels" / "nuclei")
+    assert [lv.shape for lv in levels] == [(30, 40), (15, 20), (8, 10)]
+    assert set(np.unique(levels[2][...])) == {0, 1, 65535}
+    with pytest.raises(CytogenError, match="spatial shape"):  # a bad label image: nothing written
+        write_ome_zarr(tmp_path / "bad.ome.zarr", image, "CYX", None, None, None,
+                       labels={"nuclei": lab[:10]})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.ome.zarr"]

@@ -23,12 +23,8 @@ import zarr
 
 from cytogen.errors import CytogenError
 from cytogen.io._common import RawImage, unit_to_um
-from cytogen.io.ome_zarr_write import (  # noqa: F401  (the public writers live here too)
-    OmeZarrWriter,
-    create_ome_zarr,
-    write_ome_zarr,
-    write_ome_zarr_labels,
-)
+from cytogen.io.ome_zarr_labels import write_ome_zarr_labels  # noqa: F401  (public writers, here too)
+from cytogen.io.ome_zarr_write import OmeZarrWriter, create_ome_zarr, write_ome_zarr  # noqa: F401
 
 
 def _guess_axes(ndim: int) -> str:
