@@ -444,6 +444,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_shapes_parser(esub)
     add_evaluate_positions_parser(esub)
     add_retrain_parser(sub)
+
+    from cytogen.cli_export import add_export_parser
+
+    add_export_parser(sub)
     return p
 
 
