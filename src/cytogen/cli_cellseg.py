@@ -44,7 +44,7 @@ def _cmd_segment_nuclei(a: argparse.Namespace) -> None:
     if set(given) - {"instances"}:
         raise CytogenError(f"segment nuclei --set takes instances.KEY=VALUE only, got {sorted(given)}")
     s = segment_nuclei(a.model, a.files or None, data=a.data, split=a.split, out=a.out,
-                       settings=given.get("instances"), precision=a.precision)
+                       settings=given.get("instances"), precision=a.precision, output_format=a.output_format)
     print(json.dumps({k: s[k] for k in ("out", "n_images", "n_nuclei", "seconds")}))
 
 
@@ -88,6 +88,9 @@ def add_segment_parser(sub: argparse._SubParsersAction) -> None:
     n.add_argument("--split", default=None, help="manifest rows of this split (default: test where there is one)")
     n.add_argument("--out", required=True, help="new folder: <name>.tif uint16 labels, nuclei.csv, summary.json")
     n.add_argument("--precision", default="auto", help="auto (bf16 where faster), 32 or bf16-mixed")
+    n.add_argument("--output-format", choices=("tif", "ome-zarr"), default="tif",
+                   help="tif (default): <name>.tif labels; ome-zarr: <name>.ome.zarr, the image with the "
+                        "labels as NGFF labels/nuclei (opens in napari, Fiji/MoBIE)")
     n.add_argument("--set", action="append", metavar="instances.KEY=VALUE",
                    help="fg_threshold, seed_threshold, min_size_px or min_size_um2 over the model's")
     n.set_defaults(func=_cmd_segment_nuclei)

@@ -8,7 +8,11 @@ import pytest
 import zarr
 
 from cytogen.errors import CytogenError
-from cytogen.io.ome_zarr import list_ome_zarr_labels, open_ome_zarr, open_ome_zarr_levels
+from cytogen.io.ome_zarr import (
+    list_ome_zarr_labels,
+    open_ome_zarr,
+    open_ome_zarr_levels,
+)
 
 writer = pytest.importorskip("ome_zarr.writer")
 fmt = pytest.importorskip("ome_zarr.format")

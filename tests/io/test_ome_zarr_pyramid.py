@@ -3,6 +3,7 @@ Reader and validated against the NGFF 0.4 schema (ome-zarr-models)."""
 
 from __future__ import annotations
 
+import itertools
 import tracemalloc
 
 import numpy as np
@@ -66,13 +67,13 @@ def test_streamed_pyramid_equals_a_reference_downsample(tmp_path, shape, axes, p
     with create_ome_zarr(path, shape, np.float32, axes, pixel, [f"c{k}" for k in range(shape[0])],
                          "zlib", chunks=(1, 1 if len(shape) == 4 else 6, 8, 8)[:len(shape)],
                          max_side=6) as writer:
-        for a, b in zip(cuts, cuts[1:]):
+        for a, b in itertools.pairwise(cuts):
             writer.write(a, data[:, a:b])
     levels = open_ome_zarr_levels(path)
     assert [lv.shape for lv in levels] == level_shapes(shape, 6)
     np.testing.assert_array_equal(levels[0][...], data)
     # each level is the 2 x 2 mean of the level above it as stored (float32 per level)
-    for above, lv in zip(levels, levels[1:]):
+    for above, lv in itertools.pairwise(levels):
         np.testing.assert_allclose(lv[...], reference_mean(above[...].astype(np.float64)),
                                    rtol=1e-6, atol=1e-6)
     back = read_image(path)  # level 0 with the pixel size in um

@@ -3,8 +3,10 @@
 Each image is normalised as in training and predicted tile by tile (the translator's tiling,
 blending and precision); the three class logits become probabilities (softmax) and then
 instances by a seeded watershed (:func:`cytogen.segment.instances.classes_to_instances`).
-Writes ``OUT/<name>.tif`` (uint16 labels with the pixel size) and ``OUT/nuclei.csv`` (name,
-n_nuclei, seconds, pixel size).
+Writes ``OUT/<name>.tif`` (uint16 labels with the pixel size) or, with ``output_format="ome-zarr"``,
+``OUT/<name>.ome.zarr`` (the image that was segmented, its channels and pixel size, with the
+labels as NGFF ``labels/nuclei``; :func:`cytogen.io.ome_zarr.write_ome_zarr`), and
+``OUT/nuclei.csv`` (name, n_nuclei, seconds, pixel size).
 """
 
 from __future__ import annotations
@@ -21,10 +23,17 @@ import numpy as np
 from cytogen.errors import CytogenError
 from cytogen.io.atomic import write_json, write_text
 from cytogen.io.images import Image, read_spec, stack_channels, write_image
+from cytogen.io.ome_zarr import write_ome_zarr
 from cytogen.predict.model_folder import LoadedModel, load_nucleus_segmenter
 from cytogen.runtime import resolve_runtime
 from cytogen.segment.instances import classes_to_instances
-from cytogen.workflows.predict import check_out_folder, image_jobs, pixel_size, predict_image
+from cytogen.workflows.predict import (
+    OUTPUT_FORMATS,
+    check_out_folder,
+    image_jobs,
+    pixel_size,
+    predict_image,
+)
 
 #: ``instances`` settings that may be changed at segmentation time (the rest shaped the training).
 INFERENCE_KEYS = ("fg_threshold", "seed_threshold", "min_size_px", "min_size_um2")
@@ -63,7 +72,8 @@ def segment_image(model: LoadedModel, image: Image, inst: dict[str, Any], *, sou
 
 def segment_nuclei(model_dir: str | Path, files: list[str] | None = None, *, data: str | Path | None = None,
                    split: str | None = None, out: str | Path, settings: dict[str, Any] | None = None,
-                   precision: str = "auto", progress: bool = True) -> dict[str, Any]:
+                   precision: str = "auto", output_format: str = "tif",
+                   progress: bool = True) -> dict[str, Any]:
     """Segment nuclei in image ``files`` or the ``source`` images of manifest ``data``.
 
     Parameters
@@ -78,6 +88,9 @@ def segment_nuclei(model_dir: str | Path, files: list[str] | None = None, *, dat
         ``instances`` inference settings over the model's (:data:`INFERENCE_KEYS`).
     precision
         Run-time precision (``auto``: bf16 where it is faster).
+    output_format
+        ``"tif"``: ``OUT/<name>.tif`` uint16 labels; ``"ome-zarr"``: ``OUT/<name>.ome.zarr``, the
+        image with the labels as NGFF ``labels/nuclei`` (pyramids in both).
 
     Returns
     -------
@@ -85,6 +98,9 @@ def segment_nuclei(model_dir: str | Path, files: list[str] | None = None, *, dat
         ``out``, ``n_images``, ``n_nuclei``, ``seconds``, ``instances`` (the settings used);
         also written to ``OUT/summary.json``.
     """
+    if output_format not in OUTPUT_FORMATS:
+        raise CytogenError(f"segment nuclei: output format {output_format!r} is not one of "
+                           f"{', '.join(OUTPUT_FORMATS)}")
     run_settings = resolve_runtime(precision)
     model = load_nucleus_segmenter(model_dir)
     inst = resolve_instances(model, settings)
@@ -104,8 +120,12 @@ def segment_nuclei(model_dir: str | Path, files: list[str] | None = None, *, dat
             if labels.max() > np.iinfo(np.uint16).max:
                 raise CytogenError(f"{specs[0]}: {labels.max()} nuclei do not fit a uint16 label image; "
                                    "segment smaller fields")
-            write_image(out / f"{name}.tif", Image(labels[None].astype(np.uint16), image.axes, image.pixel_size_um,
-                                                   ["nuclei"]))
+            if output_format == "ome-zarr":
+                write_ome_zarr(out / f"{name}.ome.zarr", image.data, image.axes, image.pixel_size_um,
+                               image.channel_names, "zlib", labels={"nuclei": labels.astype(np.uint16)})
+            else:
+                write_image(out / f"{name}.tif", Image(labels[None].astype(np.uint16), image.axes,
+                                                       image.pixel_size_um, ["nuclei"]))
             rows.append({"name": name, "n_nuclei": int(labels.max()), "seconds": round(time.perf_counter() - t, 2),
                          "pixel_size_um": ";".join(f"{v:g}" for v in image.pixel_size_um or ())})
             if progress:
@@ -122,6 +142,6 @@ def segment_nuclei(model_dir: str | Path, files: list[str] | None = None, *, dat
     write_text(out / "nuclei.csv", buf.getvalue())
     summary = {"out": str(out), "model": str(model_dir), "n_images": len(rows),
                "n_nuclei": int(sum(r["n_nuclei"] for r in rows)), "seconds": round(time.perf_counter() - t0, 1),
-               "instances": inst}
+               "instances": inst, "output_format": output_format}
     write_json(out / "summary.json", summary)
     return summary
