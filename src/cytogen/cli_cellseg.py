@@ -31,7 +31,8 @@ def _cmd_segment_cells(a: argparse.Namespace) -> None:
     if set(given) - {"cellseg"}:
         raise CytogenError(f"segment cells --set takes cellseg.KEY=VALUE only, got {sorted(given)}")
     s = segment_cells(a.model, a.data, a.out, method=a.method, split=a.split, markers_from=a.markers_from,
-                      threshold=a.threshold, batch_size=a.batch_size, settings=given.get("cellseg"), progress=True)
+                      threshold=a.threshold, batch_size=a.batch_size, settings=given.get("cellseg"),
+                      output_format=a.output_format, progress=True)
     print(json.dumps({k: s[k] for k in ("out", "method", "n_fields", "n_cells", "marker_source", "seconds",
                                           "marker_errors") if k in s}, default=str))
 
@@ -80,6 +81,9 @@ def add_segment_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--set", action="append", metavar="cellseg.KEY=VALUE",
                    help="marker / foreground setting over the model's (or the defaults for propagate), e.g. "
                         "cellseg.nucleus_diameter_um=12: give the baseline the model's markers")
+    c.add_argument("--output-format", choices=("tif", "ome-zarr"), default="tif",
+                   help="tif (default): <name>.tif labels; ome-zarr: <name>.ome.zarr, the cell image with the "
+                        "labels as NGFF labels/cells (opens in napari, Fiji/MoBIE)")
     c.set_defaults(func=_cmd_segment_cells)
     n = ssub.add_parser("nuclei", help="nucleus label images from a trained nucleus segmenter")
     n.add_argument("model", help="RUN/model of 'cytogen train configs/segment_nuclei2d.yaml'")

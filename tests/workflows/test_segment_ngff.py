@@ -82,3 +82,31 @@ def test_ome_zarr_output_holds_the_image_and_the_same_labels_as_the_tif(segmente
     with pytest.raises(CytogenError, match="output format 'png'"):
         segment_nuclei(model, [field], out=tmp_path / "bad", output_format="png")
     assert not (tmp_path / "bad").exists()
+
+
+def test_segment_cells_ome_zarr_output(tmp_path):
+    from cytogen.io.images import Image, write_image
+    from cytogen.synth.cells import synth_field
+
+    data = tmp_path / "data"
+    f = synth_field(shape=(96, 96), pixel_size_um=1.0, seed=0, n_cells=5)
+    write_image(data / "cell.tif", Image(f.image[0:1], "CYX", (1.0, 1.0), ["actin"]))
+    write_image(data / "nl.tif", Image(f.nuclei[None].astype(np.uint16), "CYX", (1.0, 1.0)))
+    (data / "M.csv").write_text("name,source,markers,pixel_size_um\nf0,cell.tif,nl.tif,0.8\n")
+    base = ["segment", "cells", "--method", "propagate", "--data", str(data / "M.csv")]
+    assert main([*base, "--out", str(tmp_path / "t")]) == 0
+    assert main([*base, "--out", str(tmp_path / "z"), "--output-format", "ome-zarr"]) == 0
+    path = tmp_path / "z" / "f0.ome.zarr"
+    assert not (tmp_path / "z" / "f0.tif").exists()
+    image = read_image(path)
+    np.testing.assert_array_equal(image.data, f.image[0:1])
+    assert image.pixel_size_um == pytest.approx((0.8, 0.8))  # the manifest's pixel size wins
+    assert image.channel_names == ["actin"]
+    assert list_ome_zarr_labels(path) == ["cells"]
+    cells = read_image(path / "labels" / "cells")
+    tif = read_image(tmp_path / "t" / "f0.tif")
+    np.testing.assert_array_equal(cells.data, tif.data)
+    assert tif.data.max() >= 3 and cells.pixel_size_um == pytest.approx((0.8, 0.8))
+    group = zarr.open_group(str(path), mode="r")
+    models.Image.from_zarr(group)
+    models.ImageLabel.from_zarr(group["labels/cells"])

@@ -9,7 +9,9 @@ Two methods on the same markers and foreground (:func:`cytogen.workflows.cellseg
   the foreground (:func:`cytogen.segment.propagate.propagate`).
 
 Outputs (``OUT/``, built in a temporary folder and swapped in only once complete):
-``<name>.tif`` (uint16 labels, label ``i + 1`` = marker ``i``, the pixel size in the metadata),
+``<name>.tif`` (uint16 labels, label ``i + 1`` = marker ``i``, the pixel size in the metadata; with
+``output_format="ome-zarr"`` instead ``<name>.ome.zarr``: the source channels as read, with the
+labels as NGFF ``labels/cells``),
 ``foreground/<name>.tif`` (uint8 mask used), ``markers.csv`` (``name, marker, y, x, source``;
 ``marker`` is the label the marker's cell gets), ``summary.json`` and ``report.html``.
 """
@@ -31,6 +33,7 @@ from cytogen.errors import CytogenError
 from cytogen.evaluate.markers import marker_errors
 from cytogen.io.atomic import atomic_dir
 from cytogen.io.images import Image, write_image
+from cytogen.io.ome_zarr import write_ome_zarr
 from cytogen.report.cellseg_figures import OverlayPanel, cellseg_overlay_figure, overlay_panel
 from cytogen.report.html import Section, write_report
 from cytogen.workflows.cellseg_inputs import SegInputs, patch_sigma_px, prepare_inputs, resolve_settings
@@ -216,7 +219,7 @@ def _inference_settings(given: dict[str, Any] | None) -> dict[str, Any]:
 def segment_cells(model_dir: str | Path | None, data: str | Path, out: str | Path, *, method: str = "model",
                   split: str | None = None, markers_from: str | None = None, threshold: float | None = None,
                   batch_size: int = 256, settings: dict[str, Any] | None = None,
-                  progress: bool = True) -> dict[str, Any]:
+                  output_format: str = "tif", progress: bool = True) -> dict[str, Any]:
     """Segment the cells of every field of ``M.csv`` and write ``OUT/`` as one folder.
 
     Parameters
@@ -242,6 +245,9 @@ def segment_cells(model_dir: str | Path | None, data: str | Path, out: str | Pat
         ``cellseg`` marker and foreground settings (keys of :data:`INFERENCE_KEYS`, e.g.
         ``{"nucleus_diameter_um": 12}``) over the model's (method ``model``) or the defaults
         (``propagate``): give the baseline the markers the model was trained with.
+    output_format
+        ``"tif"`` (``<name>.tif`` labels) or ``"ome-zarr"`` (``<name>.ome.zarr``: the source
+        channels with the labels as NGFF ``labels/cells``, pixel size kept, pyramids in both).
     progress
         One line per field on stderr.
 
@@ -263,6 +269,8 @@ def segment_cells(model_dir: str | Path | None, data: str | Path, out: str | Pat
         raise CytogenError(f"method {method!r} is not one of {', '.join(METHODS)}")
     if method == "model" and model_dir is None:
         raise CytogenError("method 'model' needs a model folder (RUN/model); or use method 'propagate'")
+    if output_format not in ("tif", "ome-zarr"):
+        raise CytogenError(f"segment cells: output format {output_format!r} is not one of tif, ome-zarr")
     if int(batch_size) < 1:
         raise CytogenError(f"batch size must be >= 1, got {batch_size}")
     if threshold is not None and not 0.0 < float(threshold) < 1.0:
@@ -288,7 +296,12 @@ def segment_cells(model_dir: str | Path | None, data: str | Path, out: str | Pat
                 raise CytogenError(f"field {entry.name!r}: {n} markers, but uint16 label images hold at most "
                                    f"{MAX_LABELS} cells; split the field into smaller images")
             labels = runner.segment(inp, thr) if runner else _propagate(inp)
-            write_image(tmp / f"{entry.name}.tif", Image(labels.astype(np.uint16)[None], "CYX", inp.pixel_size_um))
+            if output_format == "ome-zarr":
+                write_ome_zarr(tmp / f"{entry.name}.ome.zarr", inp.raw.data, "CYX", inp.pixel_size_um,
+                               inp.raw.channel_names, "zlib", labels={"cells": labels.astype(np.uint16)})
+            else:
+                write_image(tmp / f"{entry.name}.tif", Image(labels.astype(np.uint16)[None], "CYX",
+                                                             inp.pixel_size_um))
             write_image(tmp / "foreground" / f"{entry.name}.tif",
                         Image(inp.foreground.astype(np.uint8)[None], "CYX", inp.pixel_size_um))
             marker_rows += [{"name": entry.name, "marker": k + 1, "y": float(y), "x": float(x),
@@ -317,7 +330,8 @@ def segment_cells(model_dir: str | Path | None, data: str | Path, out: str | Pat
                    "marker_source": sources[0] if len(sources) == 1 else ", ".join(sources),
                    "threshold": thr if method == "model" else None,
                    "patch_size": list(runner.size) if runner else None,
-                   "settings": settings, "marker_errors": _pool_errors(rows), "fields": rows}
+                   "settings": settings, "marker_errors": _pool_errors(rows), "fields": rows,
+                   "output_format": output_format}
         summary["seconds"] = round(time.perf_counter() - t0, 3)
         summary["warnings"] = []
         if summary["n_markers"] and not summary["n_cells"]:  # e.g. an under-trained model below the threshold
