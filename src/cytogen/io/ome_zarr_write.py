@@ -6,11 +6,13 @@ bounded memory, and every chunk is written once); the metadata is written by ome
 :func:`ome_zarr.writer.write_label_metadata`, in :class:`ome_zarr.format.FormatV04`), and the
 pyramid (:mod:`cytogen.io.pyramid`) is built from the same row blocks as level 0 arrives.
 
-Why NGFF 0.4 and not 0.5: 0.4 (zarr v2, ``/``-separated chunk keys) is the version every
-viewer our users run reads today -- napari-ome-zarr, Fiji's MoBIE / n5-viewer (N5-Zarr), QuPath
-and Bio-Formats' OMEZarrReader, ImageJ's OME-Zarr readers and vizarr -- while zarr v3 / NGFF 0.5
-support is still partial there (Bio-Formats and older napari-ome-zarr / MoBIE releases cannot
-open it). cytogen reads both (:mod:`cytogen.io.ome_zarr`).
+Why NGFF 0.4 and not 0.5: 0.4 (zarr v2, ``/``-separated chunk keys) is what the tools our users
+open images in read today. The Bio-Formats stack (its OMEZarrReader, used by QuPath and OMERO;
+NGFF-Converter 2.1 / bioformats2raw still write only 0.4, ome/NGFF-Converter#88, 2026), ilastik
+(zarr v2 only, ilastik/ilastik#3033) read 0.4, and Fiji (n5-ij, MoBIE) has read it for years;
+napari-ome-zarr opens 0.5 only with ome-zarr-py >= 0.12 (ome/ome-zarr-py#470), so older napari
+set-ups cannot. Every 0.5 reader also reads 0.4, not the reverse. cytogen reads both
+(:mod:`cytogen.io.ome_zarr`).
 """
 
 from __future__ import annotations
