@@ -132,8 +132,10 @@ class PredictWidget(Container):
     def _add_result(self, layer: Any, result: dict[str, Any]) -> None:
         for note in result["notes"]:
             show_warning(f"cytogen: {note}")
+        dims = result["prediction"].ndim - 1  # a (C, Y, X) input layer has a channel scale too
         for name, plane in zip(result["names"], result["prediction"]):
-            self.viewer.add_image(plane, name=name, scale=layer.scale, translate=layer.translate,
+            self.viewer.add_image(plane, name=name, scale=layer.scale[-dims:],
+                                  translate=layer.translate[-dims:],
                                   blending="additive",
                                   metadata={"cytogen": {"model": str(result["model"]),
                                                         "source_layer": layer.name,
