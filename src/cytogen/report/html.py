@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import html
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from matplotlib.figure import Figure
 
 from cytogen.io.atomic import write_text
@@ -18,8 +20,8 @@ body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1200px;ma
 padding:0 1em;color:#222}h1{font-size:1.6em}h2{font-size:1.25em;border-bottom:1px solid #ddd;
 padding-bottom:.2em;margin-top:1.6em}table{border-collapse:collapse;font-size:.9em;margin:.6em 0}
 td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}th{background:#f3f3f3}
-td:first-child,th:first-child{text-align:left}img{max-width:100%;height:auto}
-.note{color:#555;font-size:.9em}
+td:first-child,th:first-child,td.text,th.text{text-align:left}img{max-width:100%;height:auto}
+.note{color:#555;font-size:.9em}.table{max-width:100%;overflow-x:auto}
 """
 
 
@@ -43,9 +45,19 @@ def _table(caption: str, rows: list[dict[str, Any]]) -> str:
     if not rows:
         return f"<p class='note'>{html.escape(caption)}: no rows</p>"
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c, ''))}</td>" for c in cols) + "</tr>" for r in rows)
-    return f"<p><b>{html.escape(caption)}</b></p><table><tr>{head}</tr>{body}</table>"
+    # numbers right-aligned, columns holding text left-aligned
+    cls = {c: "" if all(_number_or_blank(r.get(c)) for r in rows) else " class='text'" for c in cols}
+    head = "".join(f"<th{cls[c]}>{html.escape(str(c))}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td{cls[c]}>{_fmt(r.get(c, ''))}</td>" for c in cols) + "</tr>"
+                   for r in rows)
+    # a table wider than the page scrolls on its own instead of widening the whole page
+    return f"<p><b>{html.escape(caption)}</b></p><div class='table'><table><tr>{head}</tr>{body}</table></div>"
+
+
+def _number_or_blank(v: Any) -> bool:
+    if v is None or (isinstance(v, str) and v == ""):
+        return True
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
 
 
 def render_html(title: str, sections: list[Section], subtitle: str = "") -> str:

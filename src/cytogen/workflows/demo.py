@@ -90,13 +90,23 @@ def demo(out: str | Path, *, n_fields: int = 24, size: int = 256, seed: int = 0,
                                                      "total": round(total, 1)},
     }
     write_json(out / "metrics.json", metrics)
-    names = [p.name.split(".")[0] for p in written][:4]
+    write_demo_report(out, manifest, result, objects, [p.name.split(".")[0] for p in written][:4],
+                      summary["steps"], t_train, total)
+    _log(f"median Pearson r {med_r:.3f}; report: {out / 'report.html'} ({total:.0f} s)")
+    return metrics
+
+
+def write_demo_report(out: Path, manifest: Path, result: dict[str, Any], objects: dict[str, Any],
+                      names: list[str], steps: int, t_train: float, total: float) -> Path:
+    """``OUT/report.html`` of a demo run from its pieces (pixel and object evaluations, the run's
+    loss log in ``OUT/run``, predictions in ``OUT/predictions``; ``names``: fields shown as panels)."""
+    med_r = median_metric(result, "pearson_r")
     table = pixel_summary_table(result)
     sections = [
         Section("Summary", [
             f"Median Pearson r on {result['n_fields']} held-out synthetic fields: {med_r:.3f} "
             f"(bar {PEARSON_BAR}: {'met' if med_r >= PEARSON_BAR else 'NOT met'}).",
-            f"{summary['steps']} training steps in {t_train:.0f} s; whole demo {total:.0f} s.",
+            f"{steps} training steps in {t_train:.0f} s; whole demo {total:.0f} s.",
             f"Pixel metrics: {result['units']}. raw = {result['families']['raw']}; "
             f"{result['families']['calibrated']}.",
         ], tables=[("Pixel metrics over held-out fields (raw: prediction as given; "
@@ -109,9 +119,5 @@ def demo(out: str | Path, *, n_fields: int = 24, size: int = 256, seed: int = 0,
                     {k: [r[k] for r in result["rows"]] for k in
                      ("pearson_r", "raw_ssim", "raw_l1", "calibrated_ssim", "calibrated_l1")}))]),
     ] + object_sections(objects)
-    write_report(out / "report.html", "cytogen demo: actin -> nucleus on synthetic cells", sections,
-                 subtitle=f"data: {manifest}; model: {out / 'run' / 'model'}")
-    _log(f"median Pearson r {med_r:.3f}; report: {out / 'report.html'} ({total:.0f} s)")
-    return metrics
-
-
+    return write_report(out / "report.html", "cytogen demo: actin -> nucleus on synthetic cells", sections,
+                        subtitle=f"data: {manifest}; model: {out / 'run' / 'model'}")
