@@ -102,7 +102,7 @@ def _axes(model: LoadedModel, names: list[str], output: bool) -> list[Any]:
     from bioimageio.spec.model import v0_5 as s
 
     spatial = ["z", "y", "x"][-model.dims:]
-    axes: list[Any] = [s.BatchAxis(), s.ChannelAxis(channel_names=[s.Identifier(n) for n in names])]
+    axes: list[Any] = [s.BatchAxis(), s.ChannelAxis(channel_names=list(names))]
     for a, m, (scale, unit) in zip(spatial, model.net.size_multiple, parts.pixel_scale(model)):
         if output:
             size: Any = s.SizeReference(tensor_id=s.TensorId("input"), axis_id=s.AxisId(a))
@@ -206,7 +206,7 @@ def write_bioimageio_package(model: LoadedModel, out: str | Path, *, test_input:
     description = description or (f"cytogen {arch} ({model.dims}D) predicting {', '.join(tgt)} from "
                                   f"{', '.join(src)} (virtual staining / image translation)")
     license = license or model.meta.get("license") or DEFAULT_LICENSE
-    training = training or (model.meta.get("recipe", {}).get("description") or "not recorded in the model folder")
+    training = training or _training(model)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="cytogen-bioimageio-") as tmp:
         d = Path(tmp)
@@ -256,6 +256,17 @@ def write_bioimageio_package(model: LoadedModel, out: str | Path, *, test_input:
             "weights": list(formats), "tests": tests, "crop": list(x.shape[2:]),
             "preprocessing": [st.id for st in pre], "postprocessing": [st.id for st in post],
             "bytes": out.stat().st_size}
+
+
+def _training(model: LoadedModel) -> str:
+    """What the model folder says about training (recipe, patch size, loss, best validation loss)."""
+    recipe = model.meta.get("recipe") or {}
+    lines = [f"* Recipe: {recipe.get('description') or recipe.get('task') or 'not recorded'}",
+             f"* Patch size: {'x'.join(map(str, model.meta.get('patch_size') or [])) or 'not recorded'} px; "
+             f"loss: {(recipe.get('loss') or {}).get('name', 'not recorded')}"]
+    if model.meta.get("best_val_loss") is not None:
+        lines.append(f"* Best validation loss: {model.meta['best_val_loss']:.4g}")
+    return "\n".join(lines)
 
 
 def _normalised(model: LoadedModel, x: np.ndarray) -> np.ndarray:

@@ -25,8 +25,10 @@ the target's fitted statistics, ``y * scale + offset``. In the spec:
 
 from __future__ import annotations
 
+import io
 import math
 import warnings
+from contextlib import redirect_stderr
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +129,8 @@ def write_weights(net: torch.nn.Module, folder: Path, formats: tuple[str, ...], 
 
         path = folder / "weights.onnx"
         try:
-            export_onnx(net, torch.cat([example, example]), path, size_multiple)
+            with redirect_stderr(io.StringIO()):  # a failing export prints its graph: the reason is raised
+                export_onnx(net, torch.cat([example, example]), path, size_multiple)
         except CytogenError:
             raise
         except Exception as exc:  # the exporter raises many types for unsupported operators
@@ -192,19 +195,21 @@ def readme(model: LoadedModel, *, name: str, description: str, test_source: str,
     src = ", ".join(model.meta.get("source_channels") or [])
     tgt = ", ".join(model.meta.get("target_channels") or [])
     mult = "x".join(str(m) for m in model.net.size_multiple)
+    pixel = ("x".join(f"{p:g}" for p in pix) + " um; give images of this pixel size (the model has not "
+             "seen other scales)." if pix else "not recorded in the model folder; give images at the "
+             "pixel size of the training fields.")
     return f"""# {name}
 
 {description}
 
 Exported by cytogen {model.meta.get('cytogen_version', '?')} (`cytogen export --format bioimageio`)
-from the model folder `{model.folder}`.
+from the model folder `{Path(str(model.folder)).name}` (a `cytogen train` run's model).
 
 ## Model
 * Architecture: `{arch['name']}` ({arch['dims']}D), arguments `{arch.get('kwargs', {})}`;
   {model.in_channels} input channel(s) ({src}) -> {model.out_channels} output channel(s) ({tgt}).
 * Input sizes: any multiple of {mult} px per spatial axis (the network's size multiple).
-* Pixel size: {'x'.join(f'{p:g}' for p in pix) + ' um' if pix else 'not recorded in the model folder'}.
-  Give images of this pixel size; the model has not seen other scales.
+* Pixel size: {pixel}
 * Weights: {', '.join(formats)} (torchscript and onnx converted from the PyTorch state dict).
 
 ## Normalisation
@@ -218,7 +223,7 @@ from the model folder `{model.folder}`.
 {training}
 
 ## Test tensors
-`test_input.npy` is a {'x'.join(map(str, crop))} px crop of `{test_source}`; `test_output.npy` is
+`test_input.npy` is a {'x'.join(map(str, crop))} px centred crop of `{Path(test_source.partition('#')[0]).name}`; `test_output.npy` is
 cytogen's own tiled prediction of that crop (one tile), so the package test proves that the
 bioimage.io pipeline (preprocessing, network, postprocessing) reproduces cytogen.
 
@@ -226,9 +231,11 @@ bioimage.io pipeline (preprocessing, network, postprocessing) reproduces cytogen
 * **Fiji / deepImageJ**: Plugins > deepImageJ > Install Model (from this zip), then
   deepImageJ Run on an open image of the input channel(s); deepImageJ applies the pre- and
   postprocessing of `rdf.yaml` and tiles with the declared size step ({mult} px).
-* **napari**: with the `napari-bioimageio` or `bioimageio.core` tools, or
-  `bioimageio predict --inputs IMAGE.tif PKG.zip` from a shell with `bioimageio.core` installed.
-* **ilastik**: the Neural Network Workflow loads bioimage.io packages (File > Load model).
+* **napari / any tool**: `bioimageio predict --inputs IMAGE.tif PKG.zip` (bioimageio.core's
+  command line, `pip install bioimageio.core`) writes the prediction, which napari opens; napari
+  plugins built on bioimageio.core run the package directly.
+* **ilastik**: the Neural Network Workflow loads bioimage.io packages by file; it is built for
+  pixel classification, so check that it shows this model's continuous output.
 * **Python**: `from bioimageio.core import load_model_description, predict`.
 * **cytogen**: `cytogen predict MODEL_FOLDER IMAGE.tif --out DIR` (the same model, tiled with
   blended seams at any image size).

@@ -13,7 +13,9 @@ onnxruntime`` applies the same normalisation and tiling around it).
 
 from __future__ import annotations
 
+import io
 import json
+from contextlib import redirect_stderr
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +77,8 @@ def write_onnx(model: LoadedModel, out: str | Path) -> dict[str, Any]:
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(out) as tmp:
         try:
-            export_onnx(net, example, tmp, mult)
+            with redirect_stderr(io.StringIO()):  # a failing export prints its graph: the reason is raised
+                export_onnx(net, example, tmp, mult)
         except CytogenError:
             raise
         except Exception as exc:  # the exporter raises many types for unsupported operators
