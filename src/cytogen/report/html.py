@@ -36,6 +36,8 @@ class Section:
 
 
 def _fmt(v: Any) -> str:
+    if v is None:  # a value not computed (too few samples...), not Python's "None"
+        return "n/a"
     if isinstance(v, float):
         return f"{v:.4g}"
     return html.escape(str(v))

@@ -71,8 +71,8 @@ def walk_figure(walk: np.ndarray, row_labels: Sequence[str], step_labels: Sequen
             ax.imshow(crop_rgb(walk[r, c]), interpolation="nearest")
             if r == 0:
                 ax.set_title(step_labels[c], fontsize=8)
-            if c == 0:
-                ax.set_ylabel(row_labels[r], fontsize=8)
+            if c == 0:  # "zr_2: cell_area" on two lines, so labels of neighbouring rows do not run together
+                ax.set_ylabel(row_labels[r].replace(": ", ":\n"), fontsize=7)
     fig.tight_layout()
     return fig
 
