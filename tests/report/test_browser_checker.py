@@ -122,7 +122,7 @@ def test_cytogen_render_passes_and_a_dropped_figure_is_caught(chromium_browser, 
     its own box); the same report with a figure's data cut short fails."""
     fig = Figure(figsize=(2, 1.5))
     fig.add_subplot().plot([0, 1, 4])
-    wide = [{"name": f"field_{i}", "p": None if i else 0.5,
+    wide = [{"name": f"field_{i}", "p": None if i else 0.5, "read back": str(i / 3),
              **{f"a_long_column_name_{k}": np.float64(k / 7) for k in range(40)}} for i in range(3)]
     path = write_report(tmp_path / "r.html", "A & B <report>", [Section("One", ["text"], [("t", wide)],
                                                                          [("curve", fig)])])
@@ -130,7 +130,7 @@ def test_cytogen_render_passes_and_a_dropped_figure_is_caught(chromium_browser, 
     assert res.problems == [] and res.title == "A & B <report>" and res.headings == ["A & B <report>", "One"]
     text = path.read_text()
     assert "<th class='text'>name</th>" in text and "<th>a_long_column_name_0</th>" in text
-    assert "<td>n/a</td>" in text and "None" not in text
+    assert "<td>n/a</td>" in text and "None" not in text and "<th>read back</th>" in text
     unwrapped = tmp_path / "unwrapped.html"  # the same table outside its scrolling box widens the page
     unwrapped.write_text(path.read_text().replace("<div class='table'>", "<div>"))
     assert any("scrolls sideways" in p for p in check_page(chromium_browser, unwrapped).problems)

@@ -57,7 +57,15 @@ def _table(caption: str, rows: list[dict[str, Any]]) -> str:
 
 
 def _number_or_blank(v: Any) -> bool:
-    if v is None or (isinstance(v, str) and v == ""):
+    """Whether ``v`` aligns as a number: a real number, a string holding one (tables read back
+    from CSV), or a blank / missing value."""
+    if v is None:
+        return True
+    if isinstance(v, str):
+        try:
+            float(v)
+        except ValueError:
+            return v.strip() == ""
         return True
     return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
 

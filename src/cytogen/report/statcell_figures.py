@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 __all__ = ["crop_rgb", "kl_bar_figure", "montage_figure", "pair_plot_figure", "r2_bar_figure",
            "violin_figure", "walk_figure"]
@@ -154,6 +155,7 @@ def kl_bar_figure(kl: Mapping[str, np.ndarray], threshold: float | None = 0.6) -
             ax.legend(fontsize=7)
         ax.set_ylabel(f"{space} mean KL (nats)", fontsize=8)
         ax.set_xlabel("dimensions, sorted by KL", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # ranks, not fractions
         ax.tick_params(labelsize=7)
     fig.tight_layout()
     return fig
