@@ -130,22 +130,47 @@ def test_evaluate_objects_folder_as_points_lines_and_images(objects_dir):
     folder, CENTRES, SHIFTS_PX = objects_dir["dir"], objects_dir["centres"], objects_dir["shifts"]
     layers = napari_get_reader(str(folder))(str(folder))
     by_name = {k["name"]: (d, k, t) for d, k, t in layers}
-    assert list(by_name) == ["f0 real image 0", "f0 predicted image 0", "f0 real nuclei",
-                             "f0 predicted nuclei", "f0 matches"]
-    real, rk, rt = by_name["f0 real nuclei"]
-    pred, pk, pt = by_name["f0 predicted nuclei"]
+    assert list(by_name) == ["eval: real image", "eval: predicted image", "eval: real nuclei",
+                             "eval: predicted nuclei", "eval: matches"]
+    real, rk, rt = by_name["eval: real nuclei"]
+    pred, pk, pt = by_name["eval: predicted nuclei"]
     assert rt == pt == "points" and rk["face_color"] != pk["face_color"]
-    assert rk["scale"] == pytest.approx((PX, PX)) and by_name["f0 real image 0"][1]["scale"] == rk["scale"]
+    assert rk["scale"] == pytest.approx((1.0, PX, PX))  # field axis, then um per pixel
+    assert by_name["eval: real image"][1]["scale"] == rk["scale"]
+    assert rk["metadata"]["cytogen"]["fields"] == ["f0"] and set(rk["features"]["field"]) == {"f0"}
     order = np.lexsort(np.asarray(real).T[::-1])
-    np.testing.assert_allclose(np.asarray(real)[order], np.array(CENTRES, float), atol=1e-6)
-    moved = np.array([(cy, cx + s) for (cy, cx), s in zip(CENTRES, SHIFTS_PX)], float)
+    np.testing.assert_allclose(np.asarray(real)[order], [(0, *c) for c in CENTRES], atol=1e-6)
+    moved = np.array([(0, cy, cx + s) for (cy, cx), s in zip(CENTRES, SHIFTS_PX)], float)
     np.testing.assert_allclose(np.asarray(pred)[np.lexsort(np.asarray(pred).T[::-1])], moved, atol=1e-6)
-    lines, lk, lt = by_name["f0 matches"]
+    lines, lk, lt = by_name["eval: matches"]
     assert lt == "shapes" and lk["shape_type"] == "line" and len(lines) == 3  # 15 um: unmatched
     got = sorted((tuple(a), tuple(b)) for a, b in lines)
-    want = sorted((tuple(m), tuple(map(float, c))) for m, c, s in zip(moved, CENTRES, SHIFTS_PX) if s < 30)
+    want = sorted((tuple(m), (0.0, *map(float, c))) for m, c, s in zip(moved, CENTRES, SHIFTS_PX) if s < 30)
     np.testing.assert_allclose(np.array(got), np.array(want), atol=1e-6)
     np.testing.assert_allclose(np.sort(lk["features"]["distance"]), [0.0, 1.0, 2.0], atol=1e-6)  # um
     assert min(pk["features"]["matched_label"].tolist()) == -1  # the far one has no partner
-    truth = by_name["f0 real image 0"][0]
-    assert truth.shape == (96, 128) and truth[CENTRES[0]] == 1.0
+    truth = by_name["eval: real image"][0]
+    assert truth.shape == (1, 96, 128) and truth[(0, *CENTRES[0])] == 1.0
+
+
+def test_objects_of_several_fields_stack_on_a_field_axis(objects_dir, tmp_path):
+    import shutil
+
+    from cytogen.workflows.evaluate_objects import evaluate_objects
+
+    src = objects_dir["dir"].parent
+    for d in ("truth", "pred"):  # a second, smaller field: f1 = the top-left 56 x 64 of f0
+        img = read_image(src / d / "f0.tif")
+        shutil.copytree(src / d, tmp_path / d)
+        write_image(tmp_path / d / "f1.tif", Image(img.data[:, :56, :64], "CYX", img.pixel_size_um))
+    evaluate_objects(tmp_path / "pred", tmp_path / "truth", tmp_path / "ev", progress=False)
+    layers = {k["name"]: (d, k) for d, k, _ in read_paths(str(tmp_path / "ev"))}
+    stack, kwargs = layers["ev: real image"]
+    assert stack.shape == (2, 96, 128) and kwargs["metadata"]["cytogen"]["fields"] == ["f0", "f1"]
+    assert not stack[1, 56:].any() and not stack[1, :, 64:].any()  # f1 padded with zeros
+    np.testing.assert_array_equal(stack[1, :56, :64], stack[0, :56, :64])
+    real, kw = layers["ev: real nuclei"]
+    per_field = [np.asarray(real)[np.asarray(real)[:, 0] == i] for i in (0, 1)]
+    assert len(per_field[0]) == 4 and len(per_field[1]) == 1  # f1 holds the nucleus at (24, 24)
+    np.testing.assert_allclose(per_field[1][0, 1:], objects_dir["centres"][0], atol=1e-6)
+    assert sorted(kw["features"]["field"]) == ["f0"] * 4 + ["f1"]

@@ -37,11 +37,13 @@ def test_viewer_opens_predictions_pyramids_and_objects(make_napari_viewer, predi
     assert layers[0].data.shape == (96, 128)
     layers = viewer.open(str(objects_dir["dir"]), plugin="cytogen")
     kinds = {layer.name: type(layer).__name__ for layer in layers}
-    assert kinds == {"f0 real image 0": "Image", "f0 predicted image 0": "Image", "f0 real nuclei": "Points",
-                     "f0 predicted nuclei": "Points", "f0 matches": "Shapes"}
-    points = viewer.layers["f0 predicted nuclei"]
+    assert kinds == {"eval: real image": "Image", "eval: predicted image": "Image",
+                     "eval: real nuclei": "Points", "eval: predicted nuclei": "Points",
+                     "eval: matches": "Shapes"}
+    points = viewer.layers["eval: predicted nuclei"]
     assert len(points.data) == 4 and "distance_um" in points.features
-    assert tuple(points.scale) == pytest.approx((PX, PX)) and len(viewer.layers["f0 matches"].data) == 3
+    assert tuple(points.scale) == pytest.approx((1.0, PX, PX))
+    assert len(viewer.layers["eval: matches"].data) == 3
     with pytest.raises(ValueError):  # not a cytogen output: the cytogen reader declines it
         viewer.open(str(predictions["input"]), plugin="cytogen")
 

@@ -1,15 +1,20 @@
-"""An ``cytogen evaluate objects`` folder as napari layers.
+"""An ``cytogen evaluate objects`` folder as napari layers, one field per step of a slider.
 
-For each field of ``fields.csv``: real nuclei (blue) and predicted nuclei (red) as points layers at
-their centroids with the per-object columns of ``objects.csv`` as features, a shapes layer of lines
-joining each matched predicted nucleus to its real partner (``matched_label``), and, when
-``summary.json`` names the evaluation's inputs (``inputs.pred`` / ``inputs.truth``, written by
-:func:`cytogen.workflows.evaluate_objects.evaluate_objects`) and they are still there, the real
-and predicted images beneath. Only the first field is visible; the others are listed, hidden.
+Five kinds of layers, whose first axis is the field (in ``fields.csv`` order; the viewer's
+slider steps through the fields): real nuclei (blue) and predicted nuclei (red) as points at
+their centroids, with the per-object columns of ``objects.csv`` (and ``field``) as features; a
+shapes layer of lines joining each matched predicted nucleus to its real partner
+(``matched_label``, with the ``distance``); and, when ``summary.json`` names the evaluation's
+inputs (``inputs.pred`` / ``inputs.truth``, written by
+:func:`cytogen.workflows.evaluate_objects.evaluate_objects`) and they are still readable, the
+real and predicted images beneath, one stack per channel (fields smaller than the largest are
+padded with zeros). ``metadata["cytogen"]["fields"]`` lists the field names by slider position.
+One stack per kind keeps the layer count at five whatever the number of fields.
 
-Coordinates are the CSV's pixel centroids; ``scale`` is the pixel size the evaluation used
-(``centroid_*_um / centroid_*_px``), so the layers are in micrometres and overlay the field
-images, which get the same scale. Without a pixel size (the evaluation ran in px) the scale is 1.
+Coordinates are the CSV's pixel centroids; ``scale`` is 1 for the field axis and the pixel size
+the evaluation used (``centroid_*_um / centroid_*_px``, median over the objects) for the others,
+so the layers are in micrometres and the field images, given the same scale, lie beneath their
+nuclei. Without a pixel size (the evaluation ran in px) the scale is 1.
 """
 
 from __future__ import annotations
@@ -78,19 +83,22 @@ def _features(rows: list[dict[str, str]]) -> dict[str, np.ndarray]:
     return feats
 
 
-def _points(rows: list[dict[str, str]], axes: tuple[str, ...], name: str, colour: str,
-            scale: tuple[float, ...], visible: bool) -> LayerData:
+def _points(rows: list[dict[str, str]], index: list[int], axes: tuple[str, ...], name: str,
+            colour: str, scale: tuple[float, ...], fields: list[str]) -> LayerData:
     radius = np.array([_float(r.get("equivalent_radius_px")) for r in rows])
     size = float(np.nanmedian(radius)) if rows and np.isfinite(radius).any() else 5.0
-    return (_centroids(rows, axes, "px"),
+    coords = np.column_stack([np.asarray(index, np.float64), _centroids(rows, axes, "px")])
+    features = {"field": np.array([r["field"] for r in rows], dtype=object), **_features(rows)}
+    return (coords.reshape(len(rows), len(axes) + 1),
             {"name": name, "scale": scale, "face_color": colour, "border_color": "white",
-             "border_width": 0.1, "size": max(size, 1.0), "features": _features(rows),
-             "visible": visible, "metadata": {"cytogen": {"kind": name}}}, "points")
+             "border_width": 0.1, "size": max(size, 1.0), "features": features,
+             "metadata": {"cytogen": {"fields": fields}}}, "points")
 
 
 def _match_lines(true_rows: list[dict[str, str]], pred_rows: list[dict[str, str]],
-                 axes: tuple[str, ...]) -> tuple[list[np.ndarray], np.ndarray]:
-    """Lines from each matched predicted centroid to its real partner's, and their distances."""
+                 axes: tuple[str, ...]) -> tuple[list[np.ndarray], list[float]]:
+    """One field's lines from each matched predicted centroid to its real partner's, and their
+    distances (``distance_um``, else ``distance_px``)."""
     true_at = {int(_float(r["label"])): c for r, c in zip(true_rows, _centroids(true_rows, axes, "px"))}
     lines, dist = [], []
     dist_key = next((k for k in ("distance_um", "distance_px") if pred_rows and k in pred_rows[0]), None)
@@ -99,7 +107,7 @@ def _match_lines(true_rows: list[dict[str, str]], pred_rows: list[dict[str, str]
         if np.isfinite(partner) and int(partner) in true_at:
             lines.append(np.stack([c, true_at[int(partner)]]))
             dist.append(_float(r[dist_key]) if dist_key else float("nan"))
-    return lines, np.array(dist, dtype=np.float64)
+    return lines, dist
 
 
 def _field_images(folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
@@ -118,10 +126,21 @@ def _field_images(folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
     return {p.name: p for p in pairs}
 
 
-def _image(data: np.ndarray, name: str, scale: tuple[float, ...], visible: bool,
-           colormap: str) -> LayerData:
-    return (data, {"name": name, "scale": scale, "visible": visible, "colormap": colormap,
-                   "blending": "additive"}, "image")
+def _stacks(pairs: list[Any], kind: str) -> list[tuple[str, np.ndarray]]:
+    """Per channel of the ``kind`` images ("truth" or "pred"): one ``(field, [Z,] Y, X)`` stack,
+    fields smaller than the largest padded with zeros at their far ends."""
+    images = [getattr(p, kind) for p in pairs]
+    shape = tuple(max(im.data.shape[a] for im in images) for a in range(images[0].data.ndim))
+    out = []
+    for c in range(shape[0]):
+        stack = np.zeros((len(images), *shape[1:]), np.result_type(*[im.data.dtype for im in images]))
+        for i, im in enumerate(images):
+            if c < im.data.shape[0]:
+                stack[(i, *(slice(0, n) for n in im.data.shape[1:]))] = im.data[c]
+        names = images[0].channel_names
+        label = f" {names[c]}" if names and c < len(names) else f" {c}" if shape[0] > 1 else ""
+        out.append((label, stack))
+    return out
 
 
 def objects_layers(folder: str | Path) -> list[LayerData]:
@@ -135,7 +154,8 @@ def objects_layers(folder: str | Path) -> list[LayerData]:
     Returns
     -------
     list of LayerData
-        Per field: [real image, predicted image,] real nuclei, predicted nuclei, matches.
+        [real image per channel, predicted image per channel,] real nuclei, predicted nuclei,
+        matches; the first axis of each is the field (``fields.csv`` order).
 
     Raises
     ------
@@ -150,27 +170,39 @@ def objects_layers(folder: str | Path) -> list[LayerData]:
         raise CytogenError(f"{folder / 'objects.csv'}: no centroid_y_px column; is it the objects.csv "
                            "of 'cytogen evaluate objects'? Run the evaluation again")
     axes = AXES[3 if rows and "centroid_z_px" in rows[0] else 2]
+    position = {name: i for i, name in enumerate(fields)}
+    rows = [r for r in rows if r["field"] in position]
+    real = [r for r in rows if r["kind"] == "true"]
+    pred = [r for r in rows if r["kind"] == "pred"]
     images = _field_images(folder, summary)
+    pairs = [images[f] for f in fields if f in images]
+    spacing = pixel_size(rows, axes)
+    if len(pairs) == len(fields) and pairs and all(p.truth.ndim_spatial == len(axes) for p in pairs):
+        spacing = spacing or pairs[0].truth.pixel_size_um
+    else:
+        pairs = []
+    scale = (1.0, *(spacing or (1.0,) * len(axes)))
+    meta = {"cytogen": {"fields": fields, "folder": str(folder)}}
+    tag = f"{folder.name}: "
     layers: list[LayerData] = []
+    for kind, label, colour in (("truth", "real", "blue"), ("pred", "predicted", "red")):
+        for channel, stack in (_stacks(pairs, kind) if pairs else []):
+            layers.append((stack, {"name": f"{tag}{label} image{channel}", "scale": scale,
+                                   "colormap": colour, "blending": "additive", "metadata": meta},
+                           "image"))
+    layers.append(_points(real, [position[r["field"]] for r in real], axes, f"{tag}real nuclei",
+                          REAL_COLOUR, scale, fields))
+    layers.append(_points(pred, [position[r["field"]] for r in pred], axes, f"{tag}predicted nuclei",
+                          PRED_COLOUR, scale, fields))
+    lines, dist, where = [], [], []
     for i, name in enumerate(fields):
-        own = [r for r in rows if r["field"] == name]
-        real = [r for r in own if r["kind"] == "true"]
-        pred = [r for r in own if r["kind"] == "pred"]
-        scale = pixel_size(own, axes) or pixel_size(rows, axes)
-        pair, first = images.get(name), i == 0
-        if pair is not None and pair.truth.ndim_spatial == len(axes):
-            scale = scale or pair.truth.pixel_size_um
-            img_scale = tuple(scale or (1.0,) * len(axes))
-            for kind, image, colour in (("real", pair.truth, "blue"), ("predicted", pair.pred, "red")):
-                for c in range(image.data.shape[0]):
-                    ch = image.channel_names[c] if image.channel_names else str(c)
-                    layers.append(_image(image.data[c], f"{name} {kind} image {ch}", img_scale, first,
-                                         colour))
-        scale = tuple(scale or (1.0,) * len(axes))
-        layers.append(_points(real, axes, f"{name} real nuclei", REAL_COLOUR, scale, first))
-        layers.append(_points(pred, axes, f"{name} predicted nuclei", PRED_COLOUR, scale, first))
-        lines, dist = _match_lines(real, pred, axes)
-        layers.append((lines, {"name": f"{name} matches", "scale": scale, "shape_type": "line",
-                               "edge_color": MATCH_COLOUR, "edge_width": 0.5,
-                               "features": {"distance": dist}, "visible": first}, "shapes"))
+        own_lines, own_dist = _match_lines([r for r in real if r["field"] == name],
+                                           [r for r in pred if r["field"] == name], axes)
+        lines += [np.column_stack([np.full(2, float(i)), line]) for line in own_lines]
+        dist += own_dist
+        where += [name] * len(own_lines)
+    layers.append((lines, {"name": f"{tag}matches", "scale": scale, "shape_type": "line",
+                           "edge_color": MATCH_COLOUR, "edge_width": 0.5, "metadata": meta,
+                           "features": {"field": np.array(where, dtype=object),
+                                        "distance": np.array(dist, dtype=np.float64)}}, "shapes"))
     return layers
