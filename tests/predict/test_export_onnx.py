@@ -118,3 +118,19 @@ def test_every_generator_exports_in_2d_and_3d(name, kwargs, dims, tmp_path):
         return
     report = write_onnx(load_model_folder(tmp_path / "model"), tmp_path / "m.onnx")
     assert report["parity_rel_range"] <= 1e-4
+
+
+@pytest.mark.slow  # one tfill_coarse export (~10 s)
+def test_an_export_fixed_to_its_example_size_is_refused(tmp_path):
+    """tfill_coarse exported at its reference size keeps only the no-resize branch of its position
+    embedding: the check at another size refuses it (write_onnx never exports at that size)."""
+    from cytogen.errors import CytogenError
+    from cytogen.predict.onnx_backend import export_onnx
+    from cytogen.predict.onnx_export import check_onnx
+
+    net = build_model("tfill_coarse", in_channels=1, out_channels=1, dims=2, base_channels=4, max_channels=8,
+                      n_down=2, embed_dim=16, n_blocks=1, n_heads=2, ref_size=16).eval()
+    export_onnx(net, torch.randn(2, 1, 16, 16), tmp_path / "m.onnx", net.size_multiple)
+    assert check_onnx(net, tmp_path / "m.onnx", (16, 16), 1, "tfill") <= 1e-4  # fine at the example size
+    with pytest.raises(CytogenError, match=r"does not run at \(20, 20\) px"):
+        check_onnx(net, tmp_path / "m.onnx", (20, 20), 1, "tfill")

@@ -136,6 +136,10 @@ def write_weights(net: torch.nn.Module, folder: Path, formats: tuple[str, ...], 
         except Exception as exc:  # the exporter raises many types for unsupported operators
             raise CytogenError(f"the network does not export to ONNX ({type(exc).__name__}: "
                                f"{str(exc).splitlines()[0][:200]}); leave onnx out of --weights") from exc
+        from cytogen.predict.onnx_export import check_onnx
+
+        check_onnx(net, path, tuple(n + m for n, m in zip(example.shape[2:], size_multiple)),
+                   int(example.shape[1]), "onnx weights")
         out["onnx"] = (path, {"opset_version": onnx_opset(path)})
     return out
 

@@ -31,10 +31,30 @@ PARITY = 1e-4
 
 
 def _example_shape(model: LoadedModel) -> tuple[int, ...]:
-    """Spatial size of the export example: the patch size, at most 64 px, in size multiples."""
+    """Spatial size of the export example: up to 64 px in size multiples, never the training
+    patch size (a network may take a shortcut at its reference size, e.g. ``tfill_coarse``
+    skips resizing its position embedding, and the exporter would keep only that branch)."""
     mult = tuple(int(m) for m in model.net.size_multiple)
-    patch = list(model.meta.get("patch_size") or [64] * model.dims)[-model.dims:]
-    return tuple(max(m, (min(64, int(p)) // m) * m) for p, m in zip(patch, mult))
+    patch = [int(p) for p in list(model.meta.get("patch_size") or [0] * model.dims)[-model.dims:]]
+    shape = tuple(max(m, (min(64, p or 64) // m) * m) for p, m in zip(patch, mult))
+    return tuple(s + m for s, m in zip(shape, mult)) if list(shape) == patch else shape
+
+
+def check_onnx(net: torch.nn.Module, path: str | Path, shape: tuple[int, ...], channels: int,
+               what: str) -> float:
+    """:func:`onnx_parity` at ``shape``, refusing an export that fails there or disagrees."""
+    try:
+        err = onnx_parity(net, path, shape, channels)
+    except CytogenError:
+        raise
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidArgument types
+        raise CytogenError(f"{what}: the ONNX export does not run at {shape} px, another size than the "
+                           f"export's ({' '.join(str(exc).split())[:200]}); the network's graph depends on "
+                           "the input size in a way the exporter fixed") from exc
+    if not err <= PARITY:
+        raise CytogenError(f"{what}: the ONNX export differs from PyTorch by {err:.2e} of the output range "
+                           f"at {shape} px (above {PARITY}); nothing was written")
+    return err
 
 
 def onnx_parity(net: torch.nn.Module, path: str | Path, shape: tuple[int, ...], channels: int,
@@ -94,10 +114,7 @@ def write_onnx(model: LoadedModel, out: str | Path) -> dict[str, Any]:
         onnx.helper.set_model_props(graph, {"cytogen_model_json": json.dumps(meta)})
         onnx.save(graph, str(tmp))
         other = tuple(s + m for s, m in zip(shape, mult))
-        err = onnx_parity(net, tmp, other, model.in_channels)
-        if not err <= PARITY:
-            raise CytogenError(f"{model.folder}: the ONNX export of {arch} differs from PyTorch by {err:.2e} of "
-                               f"the output range at {other} px (above {PARITY}); nothing was written")
+        err = check_onnx(net, tmp, other, model.in_channels, f"{model.folder} ({arch})")
         opset = onnx_opset(tmp)
     return {"out": str(out), "format": "onnx", "architecture": arch, "opset": opset,
             "example_shape": list(shape), "check_shape": list(other), "parity_rel_range": err,
