@@ -28,7 +28,7 @@ def test_manifest_validates_and_is_discovered():
     assert manifest.contributions.readers[0].accepts_directories
     pm = npe2.PluginManager.instance()
     pm.discover()  # through the napari.manifest entry point of the installed package
-    assert "cytogen" in pm._manifests
+    assert "cytogen" in {m.name for m in pm.iter_manifests()}
     assert pm.get_manifest("cytogen").contributions.sample_data[0].key == "synthetic_cells"
 
 
