@@ -153,7 +153,8 @@ class OmeZarrWriter:
     path : pathlib.Path
         The final destination (for messages).
     shape : tuple of int
-        Level-0 shape, axes ``CYX`` / ``CZYX`` (``YX`` / ``ZYX`` for label images).
+        Level-0 shape of the blocks, axes ``CYX`` / ``CZYX`` (a label image: C = 1, stored
+        without its channel axis).
     dtype : numpy.dtype
         Stored dtype; blocks are cast to it.
     chunks : tuple of int
