@@ -217,7 +217,7 @@ def chromium_browser():
     with sync_api.sync_playwright() as pw:
         try:
             browser = pw.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_FLAGS, timeout=60_000)
-        except Exception as e:  # present but broken (missing libraries...): a failure, not a skip
+        except sync_api.Error as e:  # present but broken (missing libraries...): a failure, not a skip
             pytest.fail(f"Chromium at {exe} did not start headless: {e}")
         yield browser
         browser.close()

@@ -108,7 +108,6 @@ def make_evaluate_exclusivity(tmp: Path, _) -> Path:
     from cytogen.workflows.evaluate_exclusivity import evaluate_exclusivity
 
     rng, yy, xx = np.random.default_rng(0), *np.mgrid[:48, :64]
-    dirs = {k: [] for k in ("pred", "truth")}
     for i in range(2):
         truth = np.stack([((yy - 12 - 4 * i) ** 2 + (xx - 16) ** 2 < 64), ((yy - 30) ** 2 + (xx - 40) ** 2 < 81),
                           xx > 54]).astype(np.float32)
@@ -261,7 +260,9 @@ def make_statcell_sweep(tmp: Path, sc: dict) -> Path:
     rows, gen = [], {}
     for b in (0.2, 0.9):
         est = elbo_cells(model, cs, idx, n_samples=2, seed=int(10 * b))
-        rows.append({"beta": b, **L.rate_distortion(est["kl"], est["recon"])})
+        rd = L.rate_distortion(est["kl"], est["recon"])  # the columns the sweep keeps
+        rows.append({"beta": b, **{k: rd[k] for k in ("rate", "distortion", "elbo", "rate_sd", "distortion_sd",
+                                                      "n_active_dims", "n_cells")}})
         gen[b] = st._generated_features(model, 8, cs)
     real = st._real_features(cs, idx)
     summary = {"recipe": "statcell_reference2d (untrained, test)", "n_cells": len(idx), "split": "test",

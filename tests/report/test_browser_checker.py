@@ -95,7 +95,7 @@ def test_external_request_never_leaves_the_browser(chromium_browser, check_page,
     hits = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (http.server's name)
+        def do_GET(self):
             hits.append(self.path)
             self.send_response(200)
             self.end_headers()
