@@ -166,13 +166,19 @@ def r2_bar_figure(labels: Sequence[str], r2: Sequence[float], explained: Sequenc
     fig = Figure(figsize=(1.0 * len(labels) + 2.0, 3.0))
     ax = fig.subplots()
     x = np.arange(len(labels))
-    ax.bar(x, np.nan_to_num(np.asarray(r2, dtype=np.float64)), color="tab:blue", label="held-out R^2")
+    v = np.nan_to_num(np.asarray(r2, dtype=np.float64))
+    ax.bar(x, v, color="tab:blue", label="held-out R^2")
     if explained is not None:
         ax.plot(x, explained, "o", color="black", label="explained variance ratio")
     ax.axhline(0, color="gray", lw=0.8)
     ax.set_xticks(x)
     ax.set_xticklabels(labels, fontsize=8)
-    ax.set_ylim(min(0.0, float(np.nanmin(np.asarray(r2, dtype=np.float64))) if len(r2) else 0.0), 1.0)
+    # R^2 is unbounded below: one very negative bar (a poor fit) would flatten the others, so the
+    # axis stops at -1 and the clipped bars carry their value
+    ax.set_ylim(max(-1.0, min(0.0, float(v.min()) if len(v) else 0.0)), 1.0)
+    for xi, vi in zip(x, v):
+        if vi < -1.0:
+            ax.text(xi, -0.97, f"{vi:.3g}", ha="center", va="bottom", fontsize=7, color="white")
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
