@@ -11,16 +11,17 @@ cytogen. The package is written by
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from cytogen.errors import CytogenError
 from cytogen.io.images import Image, read_spec, stack_channels
 from cytogen.predict.bioimageio_parts import WEIGHT_FORMATS, centre_crop
-from cytogen.predict.model_folder import load_model_folder
 from cytogen.predict.defaults import TilingPlan
+from cytogen.predict.model_folder import load_model_folder
 from cytogen.runtime import resolve_runtime
 from cytogen.workflows.predict import _check_input, predict_image
 
@@ -98,7 +99,10 @@ def export(model_dir: str | Path, out: str | Path, *, format: str = "bioimageio"
 
         result = write_onnx(load_model_folder(model_dir), out)
     else:
-        from cytogen.predict.bioimageio_export import _require_bioimageio, write_bioimageio_package
+        from cytogen.predict.bioimageio_export import (
+            _require_bioimageio,
+            write_bioimageio_package,
+        )
 
         _require_bioimageio()
         if not test_input:
