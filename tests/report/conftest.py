@@ -138,14 +138,15 @@ def _local_ref_problems(url: str, refs: list[str], ids: set[str]) -> list[str]:
 
 
 def inspect_page(browser, path: str | Path, screenshot: str | Path | None = None,
-               viewport: tuple[int, int] = (1280, 900)) -> PageCheck:
+                 viewport: tuple[int, int] = (1280, 900)) -> PageCheck:
     """Open ``path`` in a fresh context of ``browser`` and list what is wrong with it.
 
     Every request that is not ``file:``/``data:`` is aborted and reported; console errors, uncaught
     page errors, failed local loads, images that did not decode (``complete`` and
-    ``naturalWidth > 0``) or are not laid out, a page wider than the window, empty ``svg``/``canvas``/``object``/``iframe``,
+    ``naturalWidth > 0``, inline bytes decoded to the end) or are not laid out or lack alt text,
+    empty ``svg``/``canvas``/``object``/``embed``/``iframe``, a page wider than the window,
     references to missing local files or anchors, quirks mode, and a missing title or headings are
-    reported. A full-page PNG goes to ``screenshot`` when given.
+    reported. A full-page PNG goes to ``screenshot`` when given (also for a page with problems).
     """
     path = Path(path).resolve()
     res = PageCheck(url=path.as_uri())
