@@ -179,6 +179,7 @@ def test_a_package_made_with_another_normalisation_fails_and_is_not_written(pack
     (["--test-input", "{root}/field.tif", "--crop", "30"], "multiple of the model's size multiple"),
     (["--test-input", "{root}/field.tif#c=0"], "expects 2"),
     (["--test-input", "{root}/field.tif", "--authors", "A", "--cite", "x|not-a-doi"], "give a DOI"),
+    (["--test-input", "{root}/field.tif", "--license", "NOT-A-LICENCE"], "not an SPDX licence id"),
 ])
 def test_bad_input_exits_2_in_one_line_and_writes_nothing(args, match, model_folder, capsys):
     out = model_folder / "bad" / "p.zip"

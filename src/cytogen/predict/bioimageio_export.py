@@ -49,6 +49,26 @@ def _require_bioimageio() -> None:
                            f"{BIOIMAGEIO_EXTRA}") from None
 
 
+def check_metadata(model: LoadedModel, *, authors: Sequence[str], license: str | None,
+                   cite: Sequence[tuple[str, str]] | None, weights: Sequence[str]) -> str:
+    """Refuse bad metadata before any work is done; returns the licence (SPDX id) to use."""
+    from bioimageio.spec.model import v0_5 as s
+
+    bad = [f for f in weights if f not in parts.WEIGHT_FORMATS]
+    if bad or not weights:
+        raise CytogenError(f"--weights {','.join(weights)}: choose from {','.join(parts.WEIGHT_FORMATS)}")
+    if not authors:
+        raise CytogenError(f"{model.folder}/model.json names no authors; give --authors 'Name;Name'")
+    license = license or model.meta.get("license") or DEFAULT_LICENSE
+    try:
+        s.LicenseId(license)
+    except ValueError:
+        raise CytogenError(f"--license {license!r} is not an SPDX licence id; give one such as BSD-3-Clause, "
+                           "MIT, Apache-2.0 or CC-BY-4.0 (https://spdx.org/licenses/)") from None
+    _cites(model.meta["architecture"]["name"], cite)
+    return license
+
+
 def _names(names: Sequence[str] | None, n: int, prefix: str) -> list[str]:
     names = [str(v) for v in (names or [])]
     if len(names) != n or len(set(names)) != n:
@@ -186,11 +206,7 @@ def write_bioimageio_package(model: LoadedModel, out: str | Path, *, test_input:
     if out.suffix.lower() != ".zip":
         raise CytogenError(f"{out}: a bioimage.io package is a .zip file; give --out NAME.zip")
     formats = tuple(dict.fromkeys(weights))
-    bad = [f for f in formats if f not in parts.WEIGHT_FORMATS]
-    if bad or not formats:
-        raise CytogenError(f"--weights {','.join(weights)}: choose from {','.join(parts.WEIGHT_FORMATS)}")
-    if not authors:
-        raise CytogenError(f"{model.folder}/model.json names no authors; give --authors 'Name;Name'")
+    license = check_metadata(model, authors=authors, license=license, cite=cite, weights=formats)
     spatial = ["z", "y", "x"][-model.dims:]
     pre, post = parts.preprocessing(model, spatial), parts.postprocessing(model)
     arch = model.meta["architecture"]["name"]
@@ -206,7 +222,6 @@ def write_bioimageio_package(model: LoadedModel, out: str | Path, *, test_input:
         raise CytogenError(f"--name {name!r}: give at least 5 letters, digits, spaces or _+-()")
     description = description or (f"cytogen {arch} ({model.dims}D) predicting {', '.join(tgt)} from "
                                   f"{', '.join(src)} (virtual staining / image translation)")
-    license = license or model.meta.get("license") or DEFAULT_LICENSE
     training = training or _training(model)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="cytogen-bioimageio-") as tmp:

@@ -101,17 +101,20 @@ def export(model_dir: str | Path, out: str | Path, *, format: str = "bioimageio"
     else:
         from cytogen.predict.bioimageio_export import (
             _require_bioimageio,
+            check_metadata,
             write_bioimageio_package,
         )
 
         _require_bioimageio()
+        model = load_model_folder(model_dir)
+        authors = list(authors or model.meta.get("authors") or [])
+        check_metadata(model, authors=authors, license=license, cite=cite, weights=list(weights))
         if not test_input:
             raise CytogenError(f"{model_dir}: the model folder does not record its training fields; give "
                                "--test-input FIELD.tif (a real field, e.g. one of the test split)")
         x, y, model = test_tensors(model_dir, test_input, crop)
         result = write_bioimageio_package(model, out, test_input=x, test_output=y, test_source=test_input,
-                                          authors=list(authors or model.meta.get("authors") or []),
-                                          name=name, description=description, license=license, cite=cite,
-                                          weights=weights, check=check)
+                                          authors=authors, name=name, description=description,
+                                          license=license, cite=cite, weights=weights, check=check)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     return result
