@@ -184,6 +184,8 @@ CASES = {
     "synthesize from-masks range reversed": (lambda r: ["synthesize", "from-masks", "--model", f"{r}/run/model", "--shapes", f"{r}/none.tif", "--out", f"{r}/fm", "--area-fraction", "0.4:0.1"], "LOW:HIGH"),
     "synthesize from-masks no shapes": (lambda r: ["synthesize", "from-masks", "--model", f"{r}/run/model", "--out", f"{r}/fm", "--area-fraction", "0.2"], "--shape-model"),
     "evaluate realism manifest missing": (lambda r: ["evaluate", "realism", "--real", f"{r}/none.csv", "--synthetic", f"{r}/good.csv", "--out", f"{r}/e"], "not found"),
+    # export to other tools
+    "export bioimageio without a test field": (lambda r: ["export", f"{r}/run/model", "--format", "bioimageio", "--authors", "A B", "--out", f"{r}/pkg.zip"], "--test-input"),
     "statcell perturbation no embeddings": (lambda r: ["statcell", "perturbation", "--embeddings", f"{r}/noemb.csv", "--out", f"{r}/e", "--condition", "dose", "--control", "0"], "embeddings.csv"),
 }
 
