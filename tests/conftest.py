@@ -84,3 +84,22 @@ def configs() -> Path:
     """Folder of the bundled recipes (``configs/<name>.yaml``)."""
     return CONFIGS
 
+
+
+def _trained_looking_batchnorm(net):
+    """Give every BatchNorm layer of ``net`` running statistics away from (0, 1), as training
+    would (drawn from torch's global RNG), so folding or exporting them is actually exercised."""
+    import torch
+
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.uniform_(-0.3, 0.3)
+                m.running_var.uniform_(0.5, 2.0)
+    return net
+
+
+@pytest.fixture(scope="session")
+def trained_looking_batchnorm():
+    """:func:`_trained_looking_batchnorm` for tests (``trained_looking_batchnorm(net)``)."""
+    return _trained_looking_batchnorm

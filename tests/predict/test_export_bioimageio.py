@@ -50,7 +50,7 @@ def no_network():
 
 
 @pytest.fixture(scope="module")
-def model_folder(tmp_path_factory, one_thread):
+def model_folder(tmp_path_factory, one_thread, trained_looking_batchnorm):
     """A tiny trained-looking 2-in, 2-out U-Net folder and a field of its source channels."""
     from cytogen.data.normalize import Normalizer
     from cytogen.io.images import Image, write_image
@@ -60,11 +60,7 @@ def model_folder(tmp_path_factory, one_thread):
     root = tmp_path_factory.mktemp("export")
     torch.manual_seed(0)
     net = build_model("unet", in_channels=2, out_channels=2, dims=2, depth=2, base_channels=4)
-    with torch.no_grad():  # trained-looking BatchNorm statistics
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.3, 0.3)
-                m.running_var.uniform_(0.5, 2.0)
+    trained_looking_batchnorm(net)
     rng = np.random.default_rng(4)
     field = gaussian_filter(rng.random((2, 70, 90)), (0, 2, 2)) * np.array([3e4, 800])[:, None, None] + 200
     field = field.astype(np.float32)

@@ -24,14 +24,10 @@ from cytogen.predict.model_folder import save_model_folder  # noqa: E402
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see tests/conftest.py
 
 
-def _folder(path, name, dims, **kwargs):
+def _folder(trained_looking_batchnorm, path, name, dims, **kwargs):
     torch.manual_seed(1)
     net = build_model(name, in_channels=2, out_channels=1, dims=dims, **kwargs)
-    with torch.no_grad():  # trained-looking BatchNorm statistics
-        for m in net.modules():
-            if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)):
-                m.running_mean.uniform_(-0.3, 0.3)
-                m.running_var.uniform_(0.5, 2.0)
+    trained_looking_batchnorm(net)
     norm = Normalizer(offset=[10.0, 20.0], scale=[100.0, 50.0])
     save_model_folder(path, net.eval(), architecture={"name": name, "dims": dims, "in_channels": 2,
                                                       "out_channels": 1, "kwargs": kwargs},
@@ -42,11 +38,11 @@ def _folder(path, name, dims, **kwargs):
 
 
 @pytest.mark.parametrize("dims", [2, 3])
-def test_onnx_export_reproduces_pytorch_at_other_batch_and_spatial_sizes(dims, tmp_path, capsys):
+def test_onnx_export_reproduces_pytorch_at_other_batch_and_spatial_sizes(dims, tmp_path, capsys, trained_looking_batchnorm):
     import onnx
     import onnxruntime as ort
 
-    net = _folder(tmp_path / "model", "unet", dims, depth=2, base_channels=4)
+    net = _folder(trained_looking_batchnorm, tmp_path / "model", "unet", dims, depth=2, base_channels=4)
     out = tmp_path / "exported" / "m.onnx"
     assert main(["export", str(tmp_path / "model"), "--format", "onnx", "--out", str(out)]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -78,10 +74,10 @@ class _DataDependent(nn.Module):
         return y * 2 if float(y.mean()) > 0 else y
 
 
-def test_a_network_that_does_not_export_is_refused_with_the_reason(tmp_path, capsys):
+def test_a_network_that_does_not_export_is_refused_with_the_reason(tmp_path, capsys, trained_looking_batchnorm):
     register_model("_test_data_dependent")(_DataDependent)
     try:
-        _folder(tmp_path / "model", "_test_data_dependent", 2)
+        _folder(trained_looking_batchnorm, tmp_path / "model", "_test_data_dependent", 2)
         out = tmp_path / "m.onnx"
         assert main(["export", str(tmp_path / "model"), "--format", "onnx", "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip()
@@ -91,8 +87,8 @@ def test_a_network_that_does_not_export_is_refused_with_the_reason(tmp_path, cap
         MODELS.unregister("_test_data_dependent")
 
 
-def test_wrong_suffix_is_refused(tmp_path, capsys):
-    _folder(tmp_path / "model", "unet", 2, depth=1, base_channels=2)
+def test_wrong_suffix_is_refused(tmp_path, capsys, trained_looking_batchnorm):
+    _folder(trained_looking_batchnorm, tmp_path / "model", "unet", 2, depth=1, base_channels=2)
     assert main(["export", str(tmp_path / "model"), "--format", "onnx", "--out", str(tmp_path / "m.zip")]) == 2
     assert "give --out NAME.onnx" in capsys.readouterr().err
 
@@ -105,14 +101,14 @@ def test_wrong_suffix_is_refused(tmp_path, capsys):
                           ref_size=16)),
 ])
 @pytest.mark.parametrize("dims", [2, 3])
-def test_every_generator_exports_in_2d_and_3d(name, kwargs, dims, tmp_path):
+def test_every_generator_exports_in_2d_and_3d(name, kwargs, dims, tmp_path, trained_looking_batchnorm):
     from cytogen.errors import CytogenError
     from cytogen.predict.model_folder import load_model_folder
     from cytogen.predict.onnx_export import write_onnx
 
     assert sorted(n for n in MODELS.names() if not n.startswith("_")) == ["r2unet", "tfill_coarse", "unet", "unet_chain"]
     try:
-        _folder(tmp_path / "model", name, dims, **kwargs)
+        _folder(trained_looking_batchnorm, tmp_path / "model", name, dims, **kwargs)
     except CytogenError as exc:  # tfill_coarse is 2D only
         assert name == "tfill_coarse" and dims == 3 and "2D only" in str(exc)
         return

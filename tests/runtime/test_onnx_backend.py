@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see tests/con
 
 @pytest.mark.slow  # one real ONNX export (10-40 s)
 @pytest.mark.skipif(not HAS_ORT, reason="onnx/onnxruntime/onnxscript not installed (pip install 'cytogen[onnx]')")
-def test_onnxruntime_backend_gives_pytorchs_predictions(tmp_path, capsys):
+def test_onnxruntime_backend_gives_pytorchs_predictions(tmp_path, capsys, trained_looking_batchnorm):
     from cytogen.data.normalize import Normalizer
     from cytogen.io.images import Image, read_image, write_image
     from cytogen.models import build_model
@@ -33,11 +33,7 @@ def test_onnxruntime_backend_gives_pytorchs_predictions(tmp_path, capsys):
 
     torch.manual_seed(0)
     net = build_model("unet", in_channels=1, out_channels=2, dims=2, depth=2, base_channels=8)
-    with torch.no_grad():  # trained-looking BatchNorm statistics
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.3, 0.3)
-                m.running_var.uniform_(0.5, 2.0)
+    trained_looking_batchnorm(net)
     rng = np.random.default_rng(4)
     field = (gaussian_filter(rng.random((1, 150, 230)), (0, 2, 2)) * 3e4 + 200).astype(np.float32)
     arch = {"name": "unet", "dims": 2, "in_channels": 1, "out_channels": 2,
