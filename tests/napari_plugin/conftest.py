@@ -31,15 +31,11 @@ def display_problem() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _one_thread_session():
-    """Tiny models: one intra-op thread (see tests/conftest.py's ``one_thread``)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread_module(one_thread):
+    """Tiny models: one intra-op thread per module (tests/conftest.py's ``one_thread``, restored
+    after each module rather than kept for the rest of the session)."""
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

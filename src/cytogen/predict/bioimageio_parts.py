@@ -25,10 +25,8 @@ the target's fitted statistics, ``y * scale + offset``. In the spec:
 
 from __future__ import annotations
 
-import io
 import math
 import warnings
-from contextlib import redirect_stderr
 from pathlib import Path
 from typing import Any
 
@@ -125,31 +123,13 @@ def write_weights(net: torch.nn.Module, folder: Path, formats: tuple[str, ...], 
     if "torchscript" in formats:
         out["torchscript"] = (_torchscript(net, folder / "weights_torchscript.pt", example, size_multiple), {})
     if "onnx" in formats:
-        from cytogen.predict.onnx_backend import export_onnx
+        from cytogen.predict.onnx_export import export_checked, onnx_opset
 
         path = folder / "weights.onnx"
-        try:
-            with redirect_stderr(io.StringIO()):  # a failing export prints its graph: the reason is raised
-                export_onnx(net, torch.cat([example, example]), path, size_multiple)
-        except CytogenError:
-            raise
-        except Exception as exc:  # the exporter raises many types for unsupported operators
-            raise CytogenError(f"the network does not export to ONNX ({type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0][:200]}); leave onnx out of --weights") from exc
-        from cytogen.predict.onnx_export import check_onnx
-
-        check_onnx(net, path, tuple(n + m for n, m in zip(example.shape[2:], size_multiple)),
-                   int(example.shape[1]), "onnx weights")
+        export_checked(net, torch.cat([example, example]), path, size_multiple, "onnx weights",
+                       "; leave onnx out of --weights")
         out["onnx"] = (path, {"opset_version": onnx_opset(path)})
     return out
-
-
-def onnx_opset(path: Path) -> int:
-    """The default-domain opset an ONNX file was written with."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return int(next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")))
 
 
 def _torchscript(net: torch.nn.Module, path: Path, example: torch.Tensor,

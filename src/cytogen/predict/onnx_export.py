@@ -72,6 +72,39 @@ def onnx_parity(net: torch.nn.Module, path: str | Path, shape: tuple[int, ...], 
     return float(np.abs(got - ref).max()) / (span if span > 0 else 1.0)
 
 
+def onnx_opset(path: str | Path) -> int:
+    """The default-domain opset an ONNX file was written with."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return int(next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")))
+
+
+def export_checked(net: torch.nn.Module, example: torch.Tensor, path: str | Path,
+                   size_multiple: tuple[int, ...], what: str, hint: str = "") -> float:
+    """Export ``net`` on ``example`` to ``path`` (dynamic batch and spatial axes), then
+    :func:`check_onnx` it one size multiple larger per axis; returns the parity there.
+
+    Raises
+    ------
+    CytogenError
+        ``"<what>: the network does not export to ONNX (<the exporter's reason>)<hint>"``, or
+        the refusals of :func:`check_onnx`.
+    """
+    from cytogen.predict.onnx_backend import export_onnx
+
+    try:
+        with redirect_stderr(io.StringIO()):  # a failing export prints its graph: the reason is raised
+            export_onnx(net, example, path, size_multiple)
+    except CytogenError:
+        raise
+    except Exception as exc:  # the exporter raises many types for unsupported operators
+        raise CytogenError(f"{what}: the network does not export to ONNX "
+                           f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]}){hint}") from exc
+    other = tuple(int(n) + int(m) for n, m in zip(example.shape[2:], size_multiple))
+    return check_onnx(net, path, other, int(example.shape[1]), what)
+
+
 def write_onnx(model: LoadedModel, out: str | Path) -> dict[str, Any]:
     """Export ``model.net`` to ``out`` (``.onnx``, atomically) and check it (module docstring).
 
@@ -83,9 +116,6 @@ def write_onnx(model: LoadedModel, out: str | Path) -> dict[str, Any]:
     """
     import onnx
 
-    from cytogen.predict.bioimageio_parts import onnx_opset
-    from cytogen.predict.onnx_backend import export_onnx
-
     out = Path(out)
     if out.suffix.lower() != ".onnx":
         raise CytogenError(f"{out}: give --out NAME.onnx")
@@ -96,14 +126,7 @@ def write_onnx(model: LoadedModel, out: str | Path) -> dict[str, Any]:
     arch = model.meta["architecture"]["name"]
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(out) as tmp:
-        try:
-            with redirect_stderr(io.StringIO()):  # a failing export prints its graph: the reason is raised
-                export_onnx(net, example, tmp, mult)
-        except CytogenError:
-            raise
-        except Exception as exc:  # the exporter raises many types for unsupported operators
-            raise CytogenError(f"{model.folder}: the {arch} network does not export to ONNX "
-                               f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]})") from exc
+        err = export_checked(net, example, tmp, mult, f"{model.folder} ({arch})")
         graph = onnx.load(str(tmp))
         meta = {"architecture": model.meta["architecture"], "normalization": model.meta["normalization"],
                 "source_channels": model.meta.get("source_channels"),
@@ -113,9 +136,8 @@ def write_onnx(model: LoadedModel, out: str | Path) -> dict[str, Any]:
                 "cytogen_version": model.meta.get("cytogen_version")}
         onnx.helper.set_model_props(graph, {"cytogen_model_json": json.dumps(meta)})
         onnx.save(graph, str(tmp))
-        other = tuple(s + m for s, m in zip(shape, mult))
-        err = check_onnx(net, tmp, other, model.in_channels, f"{model.folder} ({arch})")
         opset = onnx_opset(tmp)
+    other = tuple(s + m for s, m in zip(shape, mult))
     return {"out": str(out), "format": "onnx", "architecture": arch, "opset": opset,
             "example_shape": list(shape), "check_shape": list(other), "parity_rel_range": err,
             "dynamic_axes": ["batch", *[f"spatial (multiples of {m})" for m in mult]],
