@@ -74,17 +74,40 @@ def _matrix(feats: dict[str, np.ndarray]) -> np.ndarray:
     return np.stack([np.asarray(feats[k], np.float64) for k in FEATURES], axis=1)
 
 
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Frechet distance between Gaussians fitted to the rows of ``a`` and of ``b`` (same columns)."""
+def frechet_distance(a: np.ndarray, b: np.ndarray, eps: float = 1e-6) -> float:
+    """Frechet distance between Gaussians fitted to the rows of ``a`` and of ``b`` (same columns).
+
+    ``|mu_a - mu_b|^2 + tr(C_a + C_b - 2 (C_a C_b)^(1/2))`` with sample covariances (``N - 1``),
+    computed as the reference FID code does (Heusel et al. 2017; pytorch-fid): the matrix square
+    root by :func:`scipy.linalg.sqrtm`; only where it is not finite (singular covariances: a
+    constant feature, or fewer rows than columns as in FID on few images) is ``eps`` added to both
+    diagonals and the root taken again; a root whose diagonal has an imaginary part above 1e-3 is
+    refused, a smaller one (rounding) is dropped. The one Frechet implementation of cytogen: also
+    used by :func:`cytogen.evaluate.inception.fid_from_features`.
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise CytogenError(f"the Frechet distance needs two 2D arrays with the same columns, got {a.shape} and {b.shape}")
     if len(a) < 2 or len(b) < 2:
         raise CytogenError("the Frechet distance needs at least two objects on each side")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise CytogenError("the Frechet distance got non-finite features (NaN or inf)")
     mu_a, mu_b = a.mean(0), b.mean(0)
     ca, cb = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
-    eps = 1e-6 * np.eye(len(ca))  # a constant feature makes the covariances singular (as in FID code)
-    ca, cb = ca + eps, cb + eps
-    root = linalg.sqrtm(ca @ cb)
-    root = root.real if np.iscomplexobj(root) else root
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(ca + cb - 2 * root))
+    with np.errstate(all="ignore"):
+        root = linalg.sqrtm(ca @ cb)
+        if not np.isfinite(root).all():
+            offset = eps * np.eye(len(ca))
+            root = linalg.sqrtm((ca + offset) @ (cb + offset))
+    if not np.isfinite(root).all():
+        raise CytogenError("the Frechet distance's matrix square root is not finite even with the eps offset")
+    if np.iscomplexobj(root):
+        if not np.allclose(np.diagonal(root).imag, 0, atol=1e-3):
+            raise CytogenError(f"the Frechet distance's matrix square root has an imaginary part of "
+                               f"{np.abs(root.imag).max():.3g} (ill-conditioned covariances: use more samples)")
+        root = root.real
+    diff = mu_a - mu_b
+    return float(diff @ diff + np.trace(ca) + np.trace(cb) - 2 * np.trace(root))
 
 
 def _standardise(real: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
