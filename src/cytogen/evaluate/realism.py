@@ -94,7 +94,10 @@ def frechet_distance(a: np.ndarray, b: np.ndarray, eps: float = 1e-6) -> float:
         raise CytogenError("the Frechet distance got non-finite features (NaN or inf)")
     mu_a, mu_b = a.mean(0), b.mean(0)
     ca, cb = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
-    with np.errstate(all="ignore"):
+    import warnings  # local: this function is the only user
+
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)  # singular: expected with fewer rows than columns
         root = linalg.sqrtm(ca @ cb)
         if not np.isfinite(root).all():
             offset = eps * np.eye(len(ca))
