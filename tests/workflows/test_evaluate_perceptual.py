@@ -117,8 +117,7 @@ def test_fid_auto_without_the_extra(tmp_path, monkeypatch):
 
 @pytest.mark.slow  # InceptionV3 on 32 crops and one FID on 2048 features: 15-40 s on 2 cores
 def test_fid_present_with_the_extra(tmp_path):
-    pytest.importorskip("torch")
-    from cytogen.evaluate import inception
+    inception = pytest.importorskip("cytogen.evaluate.inception")  # needs torch
 
     try:
         inception.default_weights_path()
@@ -131,6 +130,30 @@ def test_fid_present_with_the_extra(tmp_path):
     assert np.isfinite(f["kid"]["mean"]) and "not computed" in f["fid_real_halves"]["note"]
     fields = (tmp_path / "out" / "fields.csv").read_text()
     assert "n_crops" in fields
+
+
+def test_lpips_is_paired_per_field(tmp_path):
+    """Wiring check with a backbone file of seeded weights (not LPIPS' numbers): a prediction equal to its
+    truth has distance 0 whatever the weights, a blurred one does not."""
+    torch = pytest.importorskip("torch")
+    lpips = pytest.importorskip("cytogen.evaluate.lpips")
+    torch.manual_seed(0)
+    torch.save({f"features.{k}": v for k, v in lpips._features("alex").state_dict().items()}, tmp_path / "alex.pth")
+    pred, truth = _write(tmp_path, n=4, pred=lambda t: t)
+    import tifffile
+
+    for name in ("f1", "f3"):  # two fields blurred, two equal to their truth
+        tifffile.imwrite(pred / f"{name}.tif", ndi.gaussian_filter(tifffile.imread(pred / f"{name}.tif"), (0, 3, 3)))
+    r = evaluate_perceptual(pred, truth, tmp_path / "o", fid=False, lpips_backbone=tmp_path / "alex.pth",
+                            crop=64, n_boot=20)
+    per = r["lpips"]["per_field"]
+    assert per["f0"] == pytest.approx(0, abs=1e-6) and per["f2"] == pytest.approx(0, abs=1e-6)
+    assert min(per["f1"], per["f3"]) > 1e-4 and r["lpips"]["metric"] == "lpips_baseline"
+    assert "not LPIPS" in r["lpips"]["meaning"]
+    assert r["lpips"]["ci_low"] <= r["lpips"]["median"] <= r["lpips"]["ci_high"]
+    with open(tmp_path / "o" / "fields.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [float(x["lpips"]) for x in rows] == pytest.approx([per[f"f{i}"] for i in range(4)])
 
 
 def test_lpips_refused_for_a_missing_file(tmp_path, main, capsys):

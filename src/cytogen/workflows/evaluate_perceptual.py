@@ -86,11 +86,6 @@ def read_pairs(pred: Path, truth: Path, split: str | None) -> list[tuple[FieldPa
     return pairs
 
 
-def _scaled01(image: np.ndarray) -> np.ndarray:
-    lo, hi = np.percentile(image, PERCENTILES)
-    return np.clip((image - lo) / (hi - lo if hi > lo else 1.0), 0, 1).astype(np.float32)
-
-
 def _load_fid(fid: bool | str):
     if fid is False:
         return None, "skipped (--no-fid)"
@@ -144,16 +139,18 @@ def _fid_kid(mod, model, truth_crops: list[list], pred_crops: list[list], seed: 
 def _lpips(backbone, lin, net, truth_crops, pred_crops, names, n_boot, seed) -> dict[str, Any]:
     from cytogen.evaluate.lpips import LPIPS
     metric = LPIPS(backbone, lin=lin, net=net)
-    per = [float(np.mean([metric.distance(_scaled01(p), _scaled01(t)) for p, t in zip(pc, tc)]))
-           for pc, tc in zip(pred_crops, truth_crops)]
+    per = [float(np.mean([metric.distance(p, t) for p, t in zip(pc, tc)])) for pc, tc in zip(pred_crops, truth_crops)]
     rng = np.random.default_rng(seed)
     boot = [np.median(rng.choice(per, len(per))) for _ in range(n_boot)]
     lo, hi = np.quantile(boot, [0.025, 0.975])
     return {"median": float(np.median(per)), "ci_low": float(lo), "ci_high": float(hi), "n_fields": len(per),
-            "per_field": dict(zip(names, per)), "net": net, "backbone": str(backbone), "lin": str(lin),
-            "meaning": "LPIPS of each prediction against its own truth (each crop scaled to its own 1-99.8 percentile "
-                       "range, clipped to [0, 1]), mean over the field's crops; median over "
-                       "fields with a percentile bootstrap interval over fields (lower is better)"}
+            "per_field": dict(zip(names, per)), "net": net, "backbone": str(backbone),
+            "lin": None if lin is None else str(lin), "metric": metric.name,
+            "meaning": (f"{metric.name} of each prediction against its own truth (each crop scaled to its own 1-99.8 "
+                        "percentile range, clipped to [0, 1], as cytogen.evaluate.lpips does), mean over the field's "
+                        "crops; median over fields with a percentile bootstrap interval over fields (lower is better)"
+                        + ("" if lin is not None else "; without --lpips-lin this is the paper's baseline (equal "
+                           "channel weights): not LPIPS and not on LPIPS' scale"))}
 
 
 def _row(label: str, d: dict, base: dict | None, value_key: str = "distance") -> dict[str, Any]:
