@@ -162,12 +162,18 @@ def _cmd_predict(a: argparse.Namespace) -> None:
                   precision=a.precision or "auto", fast=not a.no_fast, compile=a.compile,
                   accelerator=a.accelerator or "auto", memory_budget=a.memory_budget, resume=a.resume,
                   backend=a.backend)
+    spread = dict(tta=a.tta, ensemble=a.ensemble or (), mc_dropout=a.mc_dropout, samples=a.samples,
+                  seed=a.seed)
+    uncertain = a.tta or a.ensemble or a.mc_dropout is not None or a.samples is not None
     if a.devices == 1 and a.num_nodes == 1:
         from cytogen.workflows.predict import predict
 
-        written = predict(a.model, a.out, **kwargs)
-        print(f"wrote {len(written)} prediction(s) to {a.out}")
+        written = predict(a.model, a.out, **kwargs, **spread)
+        print(f"wrote {len(written)} prediction(s){' with their spread' if uncertain else ''} to {a.out}")
         return
+    if uncertain:
+        raise CytogenError("--tta / --ensemble / --mc-dropout / --samples run in one process; drop "
+                           "--devices / --num-nodes (or shard the fields yourself with --data and --split)")
     from cytogen.workflows.predict_shard import RankStopped, predict_sharded
 
     try:
@@ -369,6 +375,17 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--backend", choices=("torch", "onnxruntime"), default=None,
                     help="what runs the network: torch (default) or onnxruntime (CPU, float32 unless "
                          "--precision int8; same tiling and outputs; pip install 'cytogen[onnx]')")
+    u = pr.add_argument_group("uncertainty (OUT/<name>.tif = mean, OUT/<name>_spread.tif = per-pixel SD; "
+                              "passes multiply, and so does the time)")
+    u.add_argument("--tta", action="store_true",
+                   help="average the 8 dihedral transforms (rotations and flips, inverted exactly): 8x the time")
+    u.add_argument("--ensemble", nargs="+", metavar="RUN/model", default=None,
+                   help="further model folders trained alike, averaged with MODEL: (1 + n)x the time")
+    u.add_argument("--mc-dropout", type=int, default=None, metavar="N",
+                   help="N passes with the dropout layers on (models trained with dropout): Nx the time")
+    u.add_argument("--samples", type=int, default=None, metavar="N",
+                   help="N samples of an adversarial generator (its dropout is its noise): Nx the time")
+    u.add_argument("--seed", type=int, default=0, help="seed of the dropout masks (default 0)")
     pr.add_argument("--devices", type=int, default=1,
                     help="processes per node, one per GPU (or CPU processes with --accelerator cpu); "
                          "the fields are shared among them, each written once (default: 1)")

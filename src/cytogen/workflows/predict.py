@@ -10,9 +10,10 @@ output).
 from __future__ import annotations
 
 import sys
+import time
 import warnings
-from collections.abc import Callable
-from contextlib import AbstractContextManager, ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,6 +31,7 @@ from cytogen.predict.defaults import TilingPlan, resolve_tiling
 from cytogen.predict.model_folder import LoadedModel, load_model_folder
 from cytogen.predict.oom import TileOOMError, smaller_tile
 from cytogen.predict.tiling import predict_tiled
+from cytogen.predict.uncertainty import Uncertainty
 from cytogen.runtime import RuntimeSettings, resolve_runtime
 from cytogen.runtime.inference import inference_fn
 
@@ -68,6 +70,37 @@ def _tile_fn(model: LoadedModel, settings: RuntimeSettings
     if key not in cache:  # (inference_fn puts model.net back in the default layout where needed)
         cache[key] = inference_fn(model.net, model.dims, settings)
     return cache[key], torch.float32
+
+
+def _passes_fn(model: LoadedModel, settings: RuntimeSettings, uncertainty: Uncertainty | None
+               ) -> tuple[Callable[[torch.Tensor], torch.Tensor], int]:
+    """The tile function and its output channels: the model's own, or with ``uncertainty`` the
+    mean and spread of all its passes (``2 x C_out`` channels, see :mod:`cytogen.predict.uncertainty`)."""
+    if uncertainty is None or not uncertainty.active:
+        return _tile_fn(model, settings)[0], model.out_channels
+    if settings.backend == "onnxruntime" and uncertainty.draws > 1:
+        raise CytogenError("--mc-dropout / --samples need the PyTorch backend: an exported ONNX graph "
+                           "has its dropout removed; drop --backend onnxruntime / --precision int8")
+    cache = model.__dict__.setdefault("_spread_fns", {})
+    key = (id(uncertainty), settings.backend, settings.precision, settings.fast, settings.compile)
+    if key not in cache:
+        uncertainty.check(model)
+        cache[key] = uncertainty.tile_fn(model, lambda m: _tile_fn(m, settings)[0])
+    uncertainty.reseed()  # each image starts its dropout masks from the seed
+    return cache[key], 2 * model.out_channels
+
+
+def _denormalize(model: LoadedModel, y: np.ndarray) -> np.ndarray:
+    """Target units: the mean channels through the target statistics; spread channels (after
+    the first ``C_out``) scaled by them (an SD has no offset)."""
+    c = model.out_channels
+    if y.shape[0] == c:
+        return model.target_norm.denormalize(y)
+    out = np.empty(y.shape, np.float32)
+    out[:c] = model.target_norm.denormalize(y[:c])
+    scale = np.abs(np.asarray(model.target_norm.scale, np.float64)).reshape((-1,) + (1,) * (y.ndim - 1))
+    out[c:] = (y[c:].astype(np.float64) * scale).astype(np.float32)
+    return out
 
 
 def _device(model: LoadedModel) -> torch.device:
@@ -145,6 +178,28 @@ def predict_image(model: LoadedModel, image: Image, *, tile: tuple[int, ...] | N
         :func:`~cytogen.predict.tiling.predict_tiled`; an out-of-memory restart counts again
         from 0), e.g. by the napari widget's progress bar.
     """
+    return _predict_in_memory(model, image, tile=tile, overlap=overlap, batch_size=batch_size,
+                              blend=blend, source=source, settings=settings, plan=plan,
+                              progress=progress)
+
+
+def predict_image_spread(model: LoadedModel, image: Image, uncertainty: Uncertainty, **kwargs: Any
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """As :func:`predict_image` with several passes per tile (``uncertainty``, see
+    :mod:`cytogen.predict.uncertainty`); returns ``(mean, spread)``, each float32
+    ``(C_out, ...)`` in target units (spread: the per-pixel standard deviation of the passes).
+    Keyword arguments are those of :func:`predict_image`."""
+    y = _predict_in_memory(model, image, uncertainty=uncertainty, **kwargs)
+    return y[:model.out_channels], y[model.out_channels:]
+
+
+def _predict_in_memory(model: LoadedModel, image: Image, *, tile: tuple[int, ...] | None = None,
+                       overlap: float | None = None, batch_size: int | None = None,
+                       blend: str | None = None, source: str = "image",
+                       settings: RuntimeSettings | None = None, plan: TilingPlan | None = None,
+                       progress: Callable[[int, int], None] | None = None,
+                       uncertainty: Uncertainty | None = None) -> np.ndarray:
+    """:func:`predict_image`'s work; with ``uncertainty`` the output has mean then spread channels."""
     _check_input(model, image.axes, image.data.shape[0], source)
     if not np.all(np.isfinite(image.data)):
         raise CytogenError(f"{source}: image contains NaN/Inf pixels; replace them before predicting")
@@ -153,18 +208,18 @@ def predict_image(model: LoadedModel, image: Image, *, tile: tuple[int, ...] | N
     enc = model.mask_channels  # a masks -> image model: the label image spread over its channels
     x = enc.encode(image.data, name=source) if enc is not None else model.source_norm.normalize(image.data)
     settings = _settings(model, settings)
-    fn, dtype = _tile_fn(model, settings)
+    fn, out_channels = _passes_fn(model, settings, uncertainty)
     multiple = model.net.size_multiple  # every generator declares it (models.protocol)
 
     def run(t: tuple[int, ...]) -> np.ndarray:
         return predict_tiled(fn, x, tile=t, overlap=plan.overlap, batch_size=plan.batch_size,
-                             size_multiple=multiple, out_channels=model.out_channels,
-                             blend=plan.blend, device=_device(model), dtype=dtype,
+                             size_multiple=multiple, out_channels=out_channels,
+                             blend=plan.blend, device=_device(model), dtype=torch.float32,
                              margin=plan.margin, balance=plan.balance,
                              pad_batches=settings.compile, progress=progress)
 
     y = _with_tile_backoff(run, plan.tile, image.spatial_shape, multiple, source)
-    return model.target_norm.denormalize(y)
+    return _denormalize(model, y)
 
 
 def _zarr_chunks(shape: tuple[int, ...], tile: tuple[int, ...]) -> tuple[int, ...]:
@@ -185,7 +240,7 @@ def _in_pieces(fn: Callable[[np.ndarray], np.ndarray], block: np.ndarray,
 def _stream(model: LoadedModel, image: LazyImage, make_writer: WriterFactory, *,
             tile: tuple[int, ...] | None, overlap: float | None, batch_size: int | None,
             blend: str | None, source: str, settings: RuntimeSettings | None,
-            plan: TilingPlan | None = None) -> None:
+            plan: TilingPlan | None = None, uncertainty: Uncertainty | None = None) -> None:
     """Predict a lazily opened image strip by strip into the writers ``make_writer`` opens.
 
     One writer per attempt: after an out-of-memory fallback to a smaller tile the output is
@@ -203,21 +258,21 @@ def _stream(model: LoadedModel, image: LazyImage, make_writer: WriterFactory, *,
     plan = (plan or resolve_tiling(model, tile=tile, overlap=overlap, batch_size=batch_size,
                                    blend=blend)).for_image(image.spatial_shape)
     settings = _settings(model, settings)
-    fn, dtype = _tile_fn(model, settings)
+    fn, out_channels = _passes_fn(model, settings, uncertainty)
     multiple = model.net.size_multiple  # every generator declares it (models.protocol)
-    shape = (model.out_channels, *image.spatial_shape)
+    shape = (out_channels, *image.spatial_shape)
 
     def run(t: tuple[int, ...]) -> None:
         with make_writer(shape, t) as writer:
             try:
                 predict_tiled(fn, image.data, tile=t, overlap=plan.overlap,
                               batch_size=plan.batch_size, size_multiple=multiple,
-                              out_channels=model.out_channels, blend=plan.blend,
-                              device=_device(model), dtype=dtype, sink=writer.write,
+                              out_channels=out_channels, blend=plan.blend,
+                              device=_device(model), dtype=torch.float32, sink=writer.write,
                               margin=plan.margin, balance=plan.balance,
                               pad_batches=settings.compile,
                               transform=lambda x: model.source_norm.normalize(x, stats),
-                              out_transform=lambda y: _in_pieces(model.target_norm.denormalize, y))
+                              out_transform=lambda y: _in_pieces(lambda b: _denormalize(model, b), y))
             except TileOOMError:
                 raise
             except CytogenError as exc:
@@ -236,7 +291,8 @@ def predict_image_stream(model: LoadedModel, image: LazyImage, target: str | Pat
                          source: str = "image",
                          compression: str | None = "zlib",
                          settings: RuntimeSettings | None = None,
-                         plan: TilingPlan | None = None) -> Path:
+                         plan: TilingPlan | None = None,
+                         uncertainty: Uncertainty | None = None) -> Path:
     """Predict a lazily opened image strip by strip into an OME-Zarr image at ``target``.
 
     Memory stays at about one band of tile rows across the image (plus one batch), whatever
@@ -264,6 +320,9 @@ def predict_image_stream(model: LoadedModel, image: LazyImage, target: str | Pat
         Chunk compressor of the output.
     settings
         Run-time settings, as for :func:`predict_image`.
+    uncertainty
+        Several passes per tile (:mod:`cytogen.predict.uncertainty`): ``target`` holds their
+        mean and :func:`spread_path` of it their per-pixel SD, streamed side by side.
 
     Returns
     -------
@@ -272,13 +331,51 @@ def predict_image_stream(model: LoadedModel, image: LazyImage, target: str | Pat
     """
     target = Path(target)
 
-    def make(shape: tuple[int, ...], t: tuple[int, ...]) -> AbstractContextManager[Any]:
-        return create_ome_zarr(target, shape, np.float32, image.axes, image.pixel_size_um,
-                               _target_names(model), compression, chunks=_zarr_chunks(shape, t))
+    def make_at(path: Path) -> WriterFactory:
+        def make(shape: tuple[int, ...], t: tuple[int, ...]) -> AbstractContextManager[Any]:
+            return create_ome_zarr(path, shape, np.float32, image.axes, image.pixel_size_um,
+                                   _target_names(model), compression, chunks=_zarr_chunks(shape, t))
+        return make
 
-    _stream(model, image, make, tile=tile, overlap=overlap, batch_size=batch_size, blend=blend,
-            source=source, settings=settings, plan=plan)
+    _stream(model, image, _writers(model, target, make_at, uncertainty), tile=tile, overlap=overlap,
+            batch_size=batch_size, blend=blend, source=source, settings=settings, plan=plan,
+            uncertainty=uncertainty)
     return target
+
+
+def spread_path(target: str | Path) -> Path:
+    """Where the spread of a prediction at ``target`` goes: ``<name>_spread`` + the same suffixes."""
+    target = Path(target)
+    stem, dot, ext = target.name.partition(".")
+    return target.with_name(f"{stem}_spread{dot}{ext}")
+
+
+class _PairWriter:
+    """Mean channels to one writer, spread channels to the other."""
+
+    def __init__(self, mean: Any, spread: Any, channels: int) -> None:
+        self.mean, self.spread, self.channels = mean, spread, channels
+
+    def write(self, start: int, block: np.ndarray) -> None:
+        self.mean.write(start, block[:self.channels])
+        self.spread.write(start, block[self.channels:])
+
+
+@contextmanager
+def _pair(make_mean: WriterFactory, make_spread: WriterFactory, shape: tuple[int, ...],
+          tile: tuple[int, ...], channels: int) -> Iterator[_PairWriter]:
+    one = (channels, *shape[1:])
+    with make_mean(one, tile) as mean, make_spread(one, tile) as spread:
+        yield _PairWriter(mean, spread, channels)
+
+
+def _writers(model: LoadedModel, target: Path, make_at: Callable[[Path], WriterFactory],
+             uncertainty: Uncertainty | None) -> WriterFactory:
+    """The writer factory of one output, or with ``uncertainty`` of the mean and spread pair."""
+    if uncertainty is None or not uncertainty.active:
+        return make_at(target)
+    mean, spread = make_at(target), make_at(spread_path(target))
+    return lambda shape, t: _pair(mean, spread, shape, t, model.out_channels)
 
 
 def predict_image_stream_tiff(model: LoadedModel, image: LazyImage, target: str | Path, *,
@@ -286,7 +383,8 @@ def predict_image_stream_tiff(model: LoadedModel, image: LazyImage, target: str 
                               batch_size: int | None = None, blend: str | None = None,
                               source: str = "image", compression: str | None = "zlib",
                               settings: RuntimeSettings | None = None,
-                              plan: TilingPlan | None = None) -> Path:
+                              plan: TilingPlan | None = None,
+                              uncertainty: Uncertainty | None = None) -> Path:
     """Predict a lazily opened image strip by strip into an OME-TIFF at ``target``.
 
     As :func:`predict_image_stream` (same tiling, subsample normalisation and out-of-memory
@@ -297,7 +395,7 @@ def predict_image_stream_tiff(model: LoadedModel, image: LazyImage, target: str 
 
     Parameters
     ----------
-    model, image, tile, overlap, batch_size, blend, source, settings
+    model, image, tile, overlap, batch_size, blend, source, settings, uncertainty
         As for :func:`predict_image_stream`.
     target
         Destination ``.tif`` file (float32, the image's axes and pixel size, the model's
@@ -313,12 +411,15 @@ def predict_image_stream_tiff(model: LoadedModel, image: LazyImage, target: str 
     """
     target = Path(target)
 
-    def make(shape: tuple[int, ...], t: tuple[int, ...]) -> AbstractContextManager[Any]:
-        return create_tiff(target, shape, np.float32, image.axes, image.pixel_size_um,
-                           _target_names(model), compression)
+    def make_at(path: Path) -> WriterFactory:
+        def make(shape: tuple[int, ...], t: tuple[int, ...]) -> AbstractContextManager[Any]:
+            return create_tiff(path, shape, np.float32, image.axes, image.pixel_size_um,
+                               _target_names(model), compression)
+        return make
 
-    _stream(model, image, make, tile=tile, overlap=overlap, batch_size=batch_size, blend=blend,
-            source=source, settings=settings, plan=plan)
+    _stream(model, image, _writers(model, target, make_at, uncertainty), tile=tile, overlap=overlap,
+            batch_size=batch_size, blend=blend, source=source, settings=settings, plan=plan,
+            uncertainty=uncertainty)
     return target
 
 
@@ -380,7 +481,10 @@ def predict(model_dir: str | Path, out: str | Path, *, files: list[str] | None =
             batch_size: int | None = None, blend: str | None = None, progress: bool = True,
             output_format: str | None = None, precision: str = "auto", fast: bool = True,
             compile: bool = False, accelerator: str = "auto", resume: bool = False,
-            memory_budget: float | None = None, backend: str | None = None) -> list[Path]:
+            memory_budget: float | None = None, backend: str | None = None,
+            tta: bool = False, ensemble: list[str | Path] | tuple[str | Path, ...] = (),
+            mc_dropout: int | None = None, samples: int | None = None,
+            seed: int = 0) -> list[Path]:
     """Predict fields from files or a manifest and write ``OUT/<name>.tif`` or ``.ome.zarr``.
 
     Output images are float32, carry the input's pixel size (a manifest's ``pixel_size_um``
@@ -436,6 +540,16 @@ def predict(model_dir: str | Path, out: str | Path, *, files: list[str] | None =
     memory_budget
         GiB of activation memory per batch of tiles for ``auto`` tiling (the default of new
         recipes; ``tile="auto"`` forces it); default min(2 GiB, 1/4 of free memory).
+    tta, ensemble, mc_dropout, samples, seed
+        Uncertainty (:mod:`cytogen.predict.uncertainty`): the 8 dihedral transforms of each
+        tile (``tta``), further model folders averaged with ``model_dir`` (``ensemble``), ``N``
+        passes with the dropout layers on for a model trained with dropout (``mc_dropout``) or
+        ``N`` samples of an adversarial generator whose noise is its dropout (``samples``),
+        dropout masks seeded by ``seed``. They combine (passes multiply, and so does the time).
+        With any of them each output ``OUT/<name>.tif`` (``.ome.zarr``) is the mean of the
+        passes and ``OUT/<name>_spread.tif`` (``_spread.ome.zarr``) their per-pixel standard
+        deviation, same shape, metadata and units; the tiling and streaming are those of a
+        single prediction.
 
     Returns
     -------
@@ -445,9 +559,25 @@ def predict(model_dir: str | Path, out: str | Path, *, files: list[str] | None =
     if output_format not in (None, *OUTPUT_FORMATS):
         raise CytogenError(f"output format {output_format!r} is not one of {OUTPUT_FORMATS}; "
                            "use --output-format tif or ome-zarr")
+    if mc_dropout is not None and samples is not None:
+        raise CytogenError("give --mc-dropout or --samples, not both: both draw the dropout masks "
+                           "(--samples for adversarial generators, --mc-dropout for the others)")
+    for flag, n in (("mc-dropout", mc_dropout), ("samples", samples)):
+        if n is not None and n < 2:
+            raise CytogenError(f"--{flag} {n}: needs at least 2 draws to give a spread")
     settings = resolve_runtime(precision, fast=fast, compile=compile, accelerator=accelerator,
                                inference=True, backend=backend)
-    model = load_model_folder(model_dir, device="cuda" if settings.device == "cuda" else "cpu")
+    device = "cuda" if settings.device == "cuda" else "cpu"
+    model = load_model_folder(model_dir, device=device)
+    uncertainty = Uncertainty(tta=tta, members=[load_model_folder(m, device=device) for m in ensemble],
+                              draws=mc_dropout or samples or 1,
+                              kind="mc-dropout" if mc_dropout else "samples" if samples else None,
+                              seed=seed)
+    uncertainty.check(model)
+    if settings.backend == "onnxruntime" and uncertainty.draws > 1:
+        raise CytogenError("--mc-dropout / --samples need the PyTorch backend: an exported ONNX graph "
+                           "has its dropout removed; drop --backend onnxruntime / --precision int8")
+    unc = uncertainty if uncertainty.active else None
     plan = resolve_tiling(model, tile=tile, overlap=overlap, batch_size=batch_size, blend=blend,
                           memory_budget=memory_budget)
     jobs = image_jobs(files, data, split)
@@ -458,8 +588,9 @@ def predict(model_dir: str | Path, out: str | Path, *, files: list[str] | None =
     settings.apply()
     try:
         written = _predict_jobs(model, out, jobs, inputs, plan, settings, output_format, progress,
-                                skip_existing=resume)
-        write_json(out / "runtime.json", {**settings.to_dict(), "tiling": plan.to_dict()})
+                                skip_existing=resume, uncertainty=unc)
+        write_json(out / "runtime.json", {**settings.to_dict(), "tiling": plan.to_dict(),
+                                          **({"uncertainty": unc.to_dict()} if unc else {})})
     except BaseException:
         if settings.precision == "int8" and "int8_nrmse" in settings.probe:  # int8 refused: say why
             write_json(out / "runtime.json", {**settings.to_dict(), "tiling": plan.to_dict()})
@@ -477,7 +608,7 @@ def _open_lazy(specs: list[str], pixel_um: float | None, stack: ExitStack) -> La
 
 
 def _predict_tiff(model: LoadedModel, target: Path, specs: list[str], pixel_um: float | None,
-                  tiling: dict[str, Any]) -> Image | LazyImage:
+                  tiling: dict[str, Any], uncertainty: Uncertainty | None = None) -> Image | LazyImage:
     """One job's TIFF output: streamed (:func:`predict_image_stream_tiff`) where it can be.
 
     Masks -> image models, and inputs the lazy reader refuses (channels stored on two axes),
@@ -492,21 +623,26 @@ def _predict_tiff(model: LoadedModel, target: Path, specs: list[str], pixel_um: 
             except CytogenError as exc:
                 refused = exc
             else:
-                predict_image_stream_tiff(model, image, target, source=specs[0], **tiling)
+                predict_image_stream_tiff(model, image, target, source=specs[0],
+                                          uncertainty=uncertainty, **tiling)
                 return image
     whole = stack_channels([read_spec(s) for s in specs])  # a bad input raises its own error here
     if refused is not None:
         warnings.warn(f"{refused} (reading it whole into memory instead of streaming)",
                       RuntimeWarning, stacklevel=3)
-    pred = predict_image(model, whole, source=specs[0], **tiling)
+    pred = _predict_in_memory(model, whole, source=specs[0], uncertainty=uncertainty, **tiling)
     pixel = pixel_size(whole.pixel_size_um, pixel_um, len(whole.axes) - 1)
-    write_image(target, Image(pred, whole.axes, pixel, _target_names(model)))
+    c = model.out_channels
+    if pred.shape[0] > c:  # mean and spread: the spread first, so a complete mean means both exist
+        write_image(spread_path(target), Image(pred[c:], whole.axes, pixel, _target_names(model)))
+    write_image(target, Image(pred[:c], whole.axes, pixel, _target_names(model)))
     return whole
 
 
 def _predict_jobs(model: LoadedModel, out: Path, jobs: list[tuple[str, list[str], float | None]],
                   inputs: set[Path], plan: TilingPlan, settings: RuntimeSettings,
-                  output_format: str | None, progress: bool, skip_existing: bool = False) -> list[Path]:
+                  output_format: str | None, progress: bool, skip_existing: bool = False,
+                  uncertainty: Uncertainty | None = None) -> list[Path]:
     """Predict and write each job of :func:`predict`; returns the written paths (with
     ``skip_existing``, a job whose output exists is skipped and not returned)."""
     tiling = dict(plan=plan, settings=settings)  # the plan carries margin and balance too
@@ -516,20 +652,25 @@ def _predict_jobs(model: LoadedModel, out: Path, jobs: list[tuple[str, list[str]
         target = out / (f"{name}.ome.zarr" if fmt == "ome-zarr" else f"{name}.tif")
         if target.resolve() in inputs:
             raise CytogenError(f"{target}: would overwrite an input image; choose another --out")
-        if skip_existing and target.exists():
+        if skip_existing and target.exists() and (uncertainty is None or spread_path(target).exists()):
             if progress:
                 print(f"[{i}/{len(jobs)}] {name}: skipped (exists) {target}", file=sys.stderr)
             continue
+        t0 = time.perf_counter()
         if fmt == "ome-zarr":
             with ExitStack() as stack:
                 image = _open_lazy(specs, pixel_um, stack)
-                predict_image_stream(model, image, target, source=specs[0], **tiling)
+                predict_image_stream(model, image, target, source=specs[0], uncertainty=uncertainty,
+                                     **tiling)
         else:
-            image = _predict_tiff(model, target, specs, pixel_um, tiling)
+            image = _predict_tiff(model, target, specs, pixel_um, tiling, uncertainty)
         written.append(target)
         if progress:
             if len(written) == 1:  # once, after the first input proved valid
-                for note in [plan.describe(), *plan.notes, *settings.notes]:
+                extra = [uncertainty.describe()] if uncertainty is not None else []
+                for note in [plan.describe(), *plan.notes, *settings.notes, *extra]:
                     print(f"note: {note}", file=sys.stderr)
-            print(f"[{i}/{len(jobs)}] {name}: {image.spatial_shape} -> {target}", file=sys.stderr)
+            spread = f" + {spread_path(target).name}" if uncertainty is not None else ""
+            print(f"[{i}/{len(jobs)}] {name}: {image.spatial_shape} -> {target}{spread} "
+                  f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
     return written
