@@ -115,7 +115,7 @@ def _check_lpips(backbone, lin, net) -> None:
 def _crops(mod, image: np.ndarray, size: int, name: str) -> list[np.ndarray]:
     if min(image.shape) < size:
         raise CytogenError(f"field {name!r}: --crop {size} is larger than the field {image.shape}; give "
-                           f"--crop {min(image.shape)} or less")
+                           f"--crop {min(image.shape)} or less (or --no-fid without LPIPS)")
     return list(mod.crops(np.asarray(image, np.float32), size=size))
 
 
