@@ -460,6 +460,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_exclusivity_parser(esub)
     add_evaluate_shapes_parser(esub)
     add_evaluate_positions_parser(esub)
+
+    from cytogen.cli_perceptual import add_evaluate_perceptual_parser
+
+    add_evaluate_perceptual_parser(esub)
     add_retrain_parser(sub)
 
     from cytogen.cli_export import add_export_parser
