@@ -219,7 +219,9 @@ def kid_from_features(a: np.ndarray, b: np.ndarray, *, n_subsets: int = 100, sub
     that the subsets differ and ``sd`` says something; any size >= 2 gives an unbiased mean).
     Returns ``mean``, ``sd`` (over subsets: the spread of a ``subset_size`` estimate, larger than
     the standard error of ``mean``), ``n_subsets``, ``subset_size``. The mean is ~0 (can be
-    negative) for two samples of one distribution.
+    negative) for two independent samples of one distribution; a set against itself gives a
+    slightly negative mean (the two subsets share images, whose self-similarity the within-set
+    terms leave out), so use disjoint real sets as the reference.
     """
     a, b = _check_pair(a, b, "KID")
     n = min(len(a), len(b))
