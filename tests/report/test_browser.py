@@ -293,6 +293,29 @@ def make_statcell_perturbation(tmp: Path, _) -> Path:
     return tmp / "out" / "report.html"
 
 
+def make_evaluate_perceptual(tmp: Path, _=None) -> Path:
+    """Five synthetic fields of blobs on noise; the predictions are their blurred copies (no FID)."""
+    from scipy import ndimage as ndi
+
+    from cytogen.workflows.evaluate_perceptual import evaluate_perceptual
+
+    rng = np.random.default_rng(0)
+    (tmp / "pred").mkdir(parents=True)
+    rows = ["name,source,target,split"]
+    yy, xx = np.mgrid[:96, :96]
+    for i in range(5):  # >= 4 fields: the real-vs-real baselines are computed
+        img = rng.normal(10, 2, (96, 96))
+        for cy, cx in rng.uniform(10, 86, (8, 2)):
+            img += 100 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 4.0 ** 2))
+        t = img.astype(np.float32)[None]
+        write_image(tmp / f"t{i}.tif", Image(t, "CYX"))
+        write_image(tmp / "pred" / f"f{i}.tif", Image(ndi.gaussian_filter(t, (0, 1.5, 1.5)), "CYX"))
+        rows.append(f"f{i},t{i}.tif,t{i}.tif,test")
+    (tmp / "m.csv").write_text("\n".join(rows) + "\n")
+    evaluate_perceptual(tmp / "pred", tmp / "m.csv", tmp / "out", fid=False, n_boot=50)
+    return tmp / "out" / "report.html"
+
+
 # kind (screenshot name) -> (maker, fixture it needs, title, least number of figures)
 REPORTS = {
     "demo": (make_demo, None, "cytogen demo: actin -> nucleus on synthetic cells", 3),
@@ -311,6 +334,7 @@ REPORTS = {
     "statcell-coupling": (make_statcell_coupling, "statcell", "Statistical Cell: coupling", 0),
     "statcell-sweep": (make_statcell_sweep, "statcell", "Statistical Cell: beta sweep", 2),
     "statcell-perturbation": (make_statcell_perturbation, None, "Statistical Cell: perturbation", 1),
+    "evaluate-perceptual": (make_evaluate_perceptual, None, "cytogen: perceptual realism", 2),
 }
 
 
