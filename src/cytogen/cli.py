@@ -464,6 +464,10 @@ def build_parser() -> argparse.ArgumentParser:
     from cytogen.cli_perceptual import add_evaluate_perceptual_parser
 
     add_evaluate_perceptual_parser(esub)
+
+    from cytogen.cli_uncertainty import add_evaluate_uncertainty_parser
+
+    add_evaluate_uncertainty_parser(esub)
     add_retrain_parser(sub)
 
     from cytogen.cli_export import add_export_parser
