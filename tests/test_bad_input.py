@@ -183,6 +183,7 @@ CASES = {
     "synthesize from-masks translator as generator": (lambda r: ["synthesize", "from-masks", "--model", f"{r}/run/model", "--shapes", f"{r}/none.tif", "--out", f"{r}/fm", "--area-fraction", "0.2"], "masks -> image model"),
     "synthesize from-masks range reversed": (lambda r: ["synthesize", "from-masks", "--model", f"{r}/run/model", "--shapes", f"{r}/none.tif", "--out", f"{r}/fm", "--area-fraction", "0.4:0.1"], "LOW:HIGH"),
     "synthesize from-masks no shapes": (lambda r: ["synthesize", "from-masks", "--model", f"{r}/run/model", "--out", f"{r}/fm", "--area-fraction", "0.2"], "--shape-model"),
+    "evaluate uncertainty spread missing": (lambda r: ["evaluate", "uncertainty", "--pred", f"{r}/fl", "--truth", f"{r}/good.csv", "--out", f"{r}/e", "--split", "all"], "no prediction matches"),
     "evaluate perceptual prediction missing": (lambda r: ["evaluate", "perceptual", "--pred", f"{r}/fl", "--truth", f"{r}/good.csv", "--out", f"{r}/e", "--no-fid"], "f0"),
     "predict ensemble member missing": (lambda r: ["predict", f"{r}/run/model", f"{r}/img/s0.tif", "--out", f"{r}/p", "--ensemble", f"{r}/nomodel"], "nomodel"),
     "predict mc-dropout without dropout": (lambda r: ["predict", f"{r}/run/model", f"{r}/img/s0.tif", "--out", f"{r}/p", "--mc-dropout", "4"], "no dropout layer"),

@@ -316,6 +316,33 @@ def make_evaluate_perceptual(tmp: Path, _=None) -> Path:
     return tmp / "out" / "report.html"
 
 
+def make_evaluate_uncertainty(tmp: Path, _=None) -> Path:
+    """Nuclei on a grid; half of the predicted ones are moved by 3 px and carry a large spread."""
+    from cytogen.workflows.evaluate_uncertainty import evaluate_uncertainty
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:160, :160]
+
+    def blobs(centres):
+        return (5 + sum(100 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 32.0) for y, x in centres)).astype(np.float32)
+
+    rows = ["name,source,target,split,pixel_size_um"]
+    for i in range(3):
+        centres = [(y, x) for y in range(20, 160, 30) for x in range(20, 160, 30)]
+        moved = rng.random(len(centres)) < 0.5
+        shifted = [(y + 3 * m, x + 3 * m) for (y, x), m in zip(centres, moved)]
+        spread = np.full((160, 160), 0.2, np.float32) + rng.random((160, 160)).astype(np.float32) * 0.1
+        for (y, x), m in zip(shifted, moved):
+            spread[((yy - y) ** 2 + (xx - x) ** 2 <= 36) & m] = 5.0
+        write_image(tmp / f"t{i}.tif", Image(blobs(centres)[None], "CYX", (0.5, 0.5)))
+        write_image(tmp / "pred" / f"f{i}.tif", Image(blobs(shifted)[None], "CYX", (0.5, 0.5)))
+        write_image(tmp / "pred" / f"f{i}_spread.tif", Image(spread[None], "CYX", (0.5, 0.5)))
+        rows.append(f"f{i},t{i}.tif,t{i}.tif,test,0.5")
+    (tmp / "m.csv").write_text("\n".join(rows) + "\n")
+    evaluate_uncertainty(tmp / "pred", tmp / "m.csv", tmp / "out", n_boot=50)
+    return tmp / "out" / "report.html"
+
+
 # kind (screenshot name) -> (maker, fixture it needs, title, least number of figures)
 REPORTS = {
     "demo": (make_demo, None, "cytogen demo: actin -> nucleus on synthetic cells", 3),
@@ -335,6 +362,7 @@ REPORTS = {
     "statcell-sweep": (make_statcell_sweep, "statcell", "Statistical Cell: beta sweep", 2),
     "statcell-perturbation": (make_statcell_perturbation, None, "Statistical Cell: perturbation", 1),
     "evaluate-perceptual": (make_evaluate_perceptual, None, "cytogen: perceptual realism", 2),
+    "evaluate-uncertainty": (make_evaluate_uncertainty, None, "cytogen: uncertainty calibration", 2),
 }
 
 

@@ -129,7 +129,6 @@ def evaluate_uncertainty(pred: str | Path, truth: str | Path, out: str | Path, *
     check_out(out, OUTPUTS, "an uncertainty evaluation")
     entries = read_manifest(truth)
     split = choose_split(entries, split)
-    _note(progress, f"evaluating split: {split}")
     chosen = [e for e in entries if split == "all" or e.split == split]
     if not chosen:
         raise CytogenError(f"{truth}: no rows with split={split}; use --split all|train|val|test")
@@ -139,10 +138,14 @@ def evaluate_uncertainty(pred: str | Path, truth: str | Path, out: str | Path, *
         if not chosen:
             raise CytogenError(f"{pred_dir}: no prediction matches a field of {truth} (expected <name>.tif "
                                "and <name>_spread.tif)")
-        if skipped:
-            _note(progress, f"note: {len(skipped)} field(s) without a prediction were skipped")
     else:
         skipped = []
+    for e in chosen:  # every field's two files exist before anything is printed or computed
+        if find_prediction(pred_dir, e.name) is None or find_prediction(pred_dir, e.name + "_spread") is None:
+            read_field(pred_dir, e, channel)  # raises the error naming the missing file
+    _note(progress, f"evaluating split: {split}")
+    if skipped:
+        _note(progress, f"note: {len(skipped)} field(s) without a prediction were skipped")
     fields, pairs, spreads, maps = [], [], [], []
     for i, e in enumerate(chosen):
         t_img, m_img, s_img, p = read_field(pred_dir, e, channel)
