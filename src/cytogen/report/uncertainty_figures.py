@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from cytogen.report.figures import stretch
-
 GAUSS_ABS = float(np.sqrt(2.0 / np.pi))
 
 
@@ -92,5 +90,3 @@ def spread_maps_figure(fields: list[tuple[str, np.ndarray, np.ndarray, np.ndarra
     fig.tight_layout()
     return fig
 
-
-__all__ = ["reliability_figure", "spread_maps_figure", "stretch"]
